@@ -1,0 +1,11 @@
+"""pytest-modelreg: model quality as ordinary pytest tests (lm-eval tasks, baselines, MLflow)."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import BaselineError, CheckFailed, EvaluationError, ModelregError
+from .results import EvalResult, SampleOutcome
+
+__all__ = ["BaselineError", "CheckFailed", "EvalResult", "EvaluationError", "ModelregError",
+           "SampleOutcome", "__version__"]

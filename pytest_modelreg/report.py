@@ -1,0 +1,51 @@
+"""The end-of-session table, written to any object with ``write_line(text, **markup)``
+(pytest's terminal reporter, or a plain writer in tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from .verdict import FAILING, PASS, RECORDED
+
+COLUMNS = ("test", "task", "metric", "baseline", "current", "delta", "verdict")
+_MAX_TEST_WIDTH = 60
+
+
+class LineWriter(Protocol):
+    def write_line(self, line: str, **markup: bool) -> None: ...
+
+
+def _cell(row: Mapping[str, Any], column: str) -> str:
+    value = row.get(column)
+    if column == "test":
+        text = str(value or "")
+        return text if len(text) <= _MAX_TEST_WIDTH else "..." + text[-_MAX_TEST_WIDTH + 3:]
+    if column == "delta":
+        return "-" if value is None else f"{value:+.4f}"
+    if column in ("baseline", "current"):
+        return "-" if value is None else f"{value:.4f}"
+    return str(value)
+
+
+def table_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    cells = [[_cell(row, c) for c in COLUMNS] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(COLUMNS)]
+    numeric = {"baseline", "current", "delta"}
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if c in numeric else v.ljust(w)
+                         for c, v, w in zip(COLUMNS, values, widths, strict=True)).rstrip()
+
+    return [line(COLUMNS), line(["-" * w for w in widths]), *(line(r) for r in cells)]
+
+
+def write_table(writer: LineWriter, rows: Sequence[Mapping[str, Any]]) -> None:
+    header, rule, *body = table_lines(rows)
+    writer.write_line(header, bold=True)
+    writer.write_line(rule)
+    for text, row in zip(body, rows, strict=True):
+        verdict = row.get("verdict")
+        markup = {"red": True} if verdict in FAILING else {"green": True} if verdict in (
+            PASS, RECORDED) else {"yellow": True}
+        writer.write_line(text, **markup)

@@ -1,0 +1,100 @@
+"""The result of one evaluation, and the checks a test makes on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CheckFailed, ModelregUsageError
+from .spec import EvalSpec, MetricCheck, Tolerance, parse_threshold, parse_tolerance, suggest
+from .verdict import OUT_OF_BOUNDS, PASS, Verdict, check_bounds
+
+
+@dataclass(frozen=True)
+class SampleOutcome:
+    """One doc's outcome: its identity (id and content hashes) and its per-sample metric values."""
+
+    doc_id: int | str
+    doc_hash: str
+    prompt_hash: str
+    target_hash: str
+    values: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"doc_id": self.doc_id, "doc_hash": self.doc_hash, "prompt_hash": self.prompt_hash,
+                "target_hash": self.target_hash, "values": self.values}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SampleOutcome:
+        return cls(data["doc_id"], data["doc_hash"], data["prompt_hash"], data["target_hash"],
+                   {k: float(v) for k, v in data["values"].items()})
+
+
+BaselineJudge = Callable[["EvalResult", MetricCheck], Verdict]
+Recorder = Callable[[Verdict], None]
+
+
+@dataclass
+class EvalResult:
+    """What one evaluation measured. ``metrics`` keys are lm-eval's names without the filter
+    suffix ("acc_norm"), or ``name,filter`` when a task reports one metric under several filters."""
+
+    spec: EvalSpec
+    metrics: dict[str, float]
+    stderr: dict[str, float | None]
+    higher_is_better: dict[str, bool]
+    samples: list[SampleOutcome]
+    fingerprint: dict[str, Any]
+    provenance: dict[str, Any]
+    n_samples: int
+    seconds: float = 0.0
+    model_load_seconds: float = 0.0
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Set by the session: how check_baseline judges, and where verdicts are recorded.
+    baseline_judge: BaselineJudge | None = field(default=None, repr=False, compare=False)
+    recorder: Recorder | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    def resolve_metric(self, name: str) -> str:
+        """The key of ``name`` in ``metrics``; an unknown name lists the task's metrics."""
+        if name in self.metrics:
+            return name
+        with_filter = [k for k in self.metrics if k.split(",", 1)[0] == name]
+        if len(with_filter) == 1:
+            return with_filter[0]
+        known = sorted(self.metrics)
+        hint = "name one filter, e.g. " + with_filter[0] if with_filter else (
+            f"its metrics are: {', '.join(known)}{suggest(name, known)}")
+        raise ModelregUsageError(f"task {self.task!r} has no metric {name!r}; {hint}")
+
+    def _record(self, verdict: Verdict) -> Verdict:
+        if self.recorder is not None:
+            self.recorder(verdict)
+        if verdict.failed:
+            raise CheckFailed(f"{self.task}: {verdict.message}")
+        return verdict
+
+    def check(self, metric: str, min: float | None = None, max: float | None = None) -> Verdict:
+        """Fail the test when ``metric`` is below ``min`` or above ``max``."""
+        key = self.resolve_metric(metric)
+        where = f"check({metric!r})"
+        low, high = parse_threshold("min", min, where), parse_threshold("max", max, where)
+        value = self.metrics[key]
+        miss = check_bounds(key, value, low, high)
+        verdict = Verdict(self.task, key, OUT_OF_BOUNDS if miss else PASS, value,
+                          message=miss or f"{key} = {value:.4f} within bounds")
+        return self._record(verdict)
+
+    def check_baseline(self, metric: str, tolerance: float | str | None = None) -> Verdict:
+        """Fail the test when ``metric`` dropped against the recorded baseline by more than
+        ``tolerance`` (absolute, or relative as "2%")."""
+        key = self.resolve_metric(metric)
+        tol = parse_tolerance(tolerance, f"check_baseline({metric!r})") if tolerance is not None \
+            else Tolerance()
+        if self.baseline_judge is None:
+            raise ModelregUsageError("check_baseline needs a result from the modelreg fixture")
+        return self._record(self.baseline_judge(self, MetricCheck(key, tolerance=tol)))

@@ -1,0 +1,268 @@
+"""Evaluations through lm-evaluation-harness: the only module that imports lm_eval."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import EvaluationError, ModelregError
+from ..fingerprint import config_hash, sha256_lines
+from ..models import check_model_files, free_model, model_identity, resolve_device
+from ..provenance import git_state, hardware, library_versions
+from ..redact import redact_model_args
+from ..results import EvalResult, SampleOutcome
+from ..spec import EvalSpec, suggest
+from . import NullProgress, Progress
+
+_HASH_CHARS = 16  # 64 bits of sha256 per doc: plenty to tell docs apart, short enough to diff
+
+
+class LmEvalRunner:
+    """Loads each distinct model once per process and evaluates tasks on it."""
+
+    def __init__(self, include_paths: tuple[Path, ...] = (), rootdir: Path = Path("."),
+                 progress: Progress | None = None) -> None:
+        self.include_paths = include_paths
+        self.rootdir = rootdir
+        self.progress: Progress = progress or NullProgress()
+        self._models: dict[tuple[str, str, str, str], Any] = {}
+        self._task_managers: dict[bool, Any] = {}
+        self._hash_cache: dict[tuple[str, int, int], str] = {}
+
+    # -- tasks -----------------------------------------------------------------------------
+    def _task_manager(self, with_builtins: bool) -> Any:
+        if with_builtins not in self._task_managers:
+            from lm_eval.tasks import TaskManager
+
+            paths = [str(p) for p in self.include_paths] or None
+            self._task_managers[with_builtins] = TaskManager(
+                include_path=paths, include_defaults=with_builtins)
+        return self._task_managers[with_builtins]
+
+    def task_manager_for(self, task: str) -> Any:
+        """The include paths alone index in ~0 s; lm-eval's ~15k built-ins only when needed."""
+        if self.include_paths:
+            manager = self._task_manager(with_builtins=False)
+            if task in manager.all_tasks:
+                return manager
+        manager = self._task_manager(with_builtins=True)
+        if task in manager.all_tasks:
+            return manager
+        searched = ", ".join(str(p) for p in self.include_paths) or "no include path"
+        raise EvaluationError(
+            f"unknown task {task!r}{suggest(task, manager.all_tasks)}; searched {searched} and "
+            "lm-eval's built-in tasks; check the name or set --modelreg-include-path")
+
+    # -- models ----------------------------------------------------------------------------
+    def model(self, spec: EvalSpec) -> tuple[Any, float]:
+        """The loaded model and the seconds spent loading it now (0.0 when reused)."""
+        key = spec.model_key
+        if key in self._models:
+            return self._models[key], 0.0
+        self._models[key], seconds = self._load(spec)
+        return self._models[key], seconds
+
+    def _load(self, spec: EvalSpec) -> tuple[Any, float]:
+        check_model_files(spec.model, spec.model_args)
+        import lm_eval.api.registry
+        import lm_eval.models
+
+        try:
+            model_class = lm_eval.api.registry.get_model(spec.model)
+        except (ValueError, KeyError) as exc:
+            raise EvaluationError(f"unknown lm-eval model type {spec.model!r} ({exc}); use hf, "
+                                  "vllm, local-completions, ...") from None
+        extra: dict[str, Any] = {"batch_size": spec.batch_size, "max_batch_size": None}
+        if "device=" not in spec.model_args:  # a device in model_args wins, as in lm-eval
+            extra["device"] = resolve_device(spec.device)
+        shown = f"{spec.model}({redact_model_args(spec.model_args)})"
+        start = time.perf_counter()
+        try:
+            with self.progress.stage(f"loading model {shown}"):
+                lm = model_class.create_from_arg_string(spec.model_args, extra)
+        except ModelregError:
+            raise
+        except Exception as exc:  # any library error becomes one line naming the model
+            raise EvaluationError(f"could not load model {shown}: {_one_line(exc)}") from exc
+        return lm, time.perf_counter() - start
+
+    def close(self) -> None:
+        models, self._models = self._models, {}
+        for lm in models.values():
+            free_model(lm)
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluate(self, spec: EvalSpec) -> EvalResult:
+        manager = self.task_manager_for(spec.task)
+        lm, load_seconds = self.model(spec)
+        import lm_eval
+
+        start = time.perf_counter()
+        shown = f"{spec.task} on {spec.model}({redact_model_args(spec.model_args)})"
+        try:
+            with self.progress.stage(f"evaluating {shown}"), _quiet_lm_eval():
+                out = lm_eval.simple_evaluate(
+                    model=lm, tasks=[spec.task], task_manager=manager, limit=spec.limit,
+                    num_fewshot=spec.num_fewshot, log_samples=True,
+                    bootstrap_iters=spec.bootstrap_iters, gen_kwargs=spec.gen_kwargs,
+                    apply_chat_template=spec.apply_chat_template,
+                    fewshot_as_multiturn=spec.fewshot_as_multiturn,
+                    system_instruction=spec.system_instruction,
+                    **spec.seed_dict(),
+                )
+        except ModelregError:
+            raise
+        except Exception as exc:
+            raise EvaluationError(f"evaluating {shown} failed: {_one_line(exc)}") from exc
+        seconds = time.perf_counter() - start
+        return self._result(spec, out, lm, seconds, load_seconds)
+
+    def _result(self, spec: EvalSpec, out: dict[str, Any], lm: Any, seconds: float,
+                load_seconds: float) -> EvalResult:
+        task = spec.task
+        metrics, stderr, filters = _aggregate_metrics(out["results"].get(task, {}))
+        higher = out.get("higher_is_better", {}).get(task, {})
+        samples = _sample_outcomes(out.get("samples", {}), filters)
+        n_samples = out.get("n-samples", {}).get(task, {}).get("effective", len(samples))
+        task_config = out.get("configs", {}).get(task, {})
+        fingerprint = {
+            "task_version": out.get("versions", {}).get(task),
+            "task_config": config_hash(task_config) if task_config else None,
+            "docs": sha256_lines(f"{s.doc_id}:{s.doc_hash}" for s in samples),
+            "n_docs": len(samples),
+            "prompts": sha256_lines(f"{s.prompt_hash}:{s.target_hash}" for s in samples),
+            "num_fewshot": out.get("n-shot", {}).get(task, spec.num_fewshot),
+            "limit": spec.limit,
+            "gen_kwargs": spec.gen_kwargs,
+            "apply_chat_template": spec.apply_chat_template,
+            "fewshot_as_multiturn": spec.fewshot_as_multiturn,
+            "system_instruction": spec.system_instruction,
+            "fewshot_seed": spec.seeds[3],
+            "metrics": sorted(metrics),
+            "lm_eval_major": ".".join(str(out.get("lm_eval_version", "0.4")).split(".")[:2]),
+        }
+        device = getattr(lm, "device", None) or spec.device
+        provenance = {
+            "seeds": spec.seed_dict(),
+            "versions": library_versions(),
+            "hardware": hardware(str(device)),
+            "batch_size": str(getattr(lm, "batch_size", spec.batch_size)),
+            "git": git_state(self.rootdir),
+            "model": model_identity(spec.model, spec.model_args, self._hash_cache),
+            "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        return EvalResult(
+            spec=spec, metrics=metrics, stderr=stderr,
+            higher_is_better={m: bool(higher.get(m.split(",")[0], True)) for m in metrics},
+            samples=samples, fingerprint=fingerprint, provenance=provenance,
+            n_samples=int(n_samples), seconds=seconds, model_load_seconds=load_seconds,
+            raw=_json_safe({k: v for k, v in out.items() if k != "samples"}),
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+@contextlib.contextmanager
+def _quiet_lm_eval() -> Iterator[None]:
+    """lm-eval logs every step at INFO; keep warnings, drop the chatter."""
+    logger = logging.getLogger("lm-eval")
+    previous = logger.level
+    logger.setLevel(max(previous, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number
+
+
+def _aggregate_metrics(task_results: dict[str, Any]) -> tuple[dict[str, float],
+                                                               dict[str, float | None],
+                                                               dict[str, int]]:
+    """lm-eval's ``"acc,none"`` keys → ``{"acc": value}``; the filter stays in the name only
+    when one metric is reported under several filters. Also returns filters per metric."""
+    values: dict[tuple[str, str], float] = {}
+    errors: dict[tuple[str, str], float | None] = {}
+    for key, value in task_results.items():
+        if "," not in key:
+            continue
+        name, filt = key.split(",", 1)
+        if name.endswith("_stderr"):
+            errors[(name[: -len("_stderr")], filt)] = _number(value)
+        elif (number := _number(value)) is not None:
+            values[(name, filt)] = number
+    filters: dict[str, int] = {}
+    for name, _ in values:
+        filters[name] = filters.get(name, 0) + 1
+    metrics: dict[str, float] = {}
+    stderr: dict[str, float | None] = {}
+    for (name, filt), value in sorted(values.items()):
+        key = name if filters[name] == 1 else f"{name},{filt}"
+        metrics[key] = value
+        error = errors.get((name, filt))
+        stderr[key] = error if error is not None and math.isfinite(error) else None
+    return metrics, stderr, filters
+
+
+def _sample_outcomes(samples: dict[str, list[dict[str, Any]]],
+                     filters: dict[str, int]) -> list[SampleOutcome]:
+    """One outcome per doc (merged across filters), keyed ``subtask/doc_id`` for groups."""
+    merged: dict[tuple[str, Any], dict[str, Any]] = {}
+    several_tasks = len(samples) > 1
+    for task_name, task_samples in sorted(samples.items()):
+        for sample in task_samples:
+            doc_id = sample["doc_id"]
+            key = (task_name, doc_id)
+            entry = merged.setdefault(key, {
+                "doc_id": f"{task_name}/{doc_id}" if several_tasks else doc_id,
+                "doc_hash": str(sample.get("doc_hash", ""))[:_HASH_CHARS],
+                "prompt_hash": str(sample.get("prompt_hash", ""))[:_HASH_CHARS],
+                "target_hash": str(sample.get("target_hash", ""))[:_HASH_CHARS],
+                "values": {},
+            })
+            for metric in sample.get("metrics", []):
+                value = _number(sample.get(metric))
+                if value is None:  # corpus metrics log (reference, prediction) pairs
+                    continue
+                name = metric if filters.get(metric, 1) == 1 else f"{metric},{sample['filter']}"
+                entry["values"][name] = value
+    return [SampleOutcome(**entry) for _, entry in sorted(merged.items(), key=_doc_order)]
+
+
+def _doc_order(item: tuple[tuple[str, Any], dict[str, Any]]) -> tuple[str, int, str]:
+    (task_name, doc_id), _ = item
+    return (task_name, doc_id if isinstance(doc_id, int) else 0, str(doc_id))
+
+
+def _json_safe(value: Any) -> Any:
+    """lm-eval results hold numpy scalars and callables; make them plain JSON."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    number = _number(value)
+    if number is not None and hasattr(value, "dtype"):
+        return number
+    return str(value)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # silence the fork warning in workers

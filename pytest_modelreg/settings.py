@@ -1,0 +1,235 @@
+"""Session settings: one frozen object built from CLI, ini, environment and defaults.
+
+Precedence: command line beats ini file beats environment (``MODELREG_<NAME>``) beats default.
+This module never sees ``pytest.Config``: the plugin hands it two lookup functions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelregUsageError
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: a ``--modelreg-*`` flag and an ini key of the same name."""
+
+    name: str  # ini key, e.g. "modelreg_model"; the flag is --modelreg-model
+    help: str
+    default: str | None = None
+    is_flag: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("modelreg_model", "lm-eval model type (hf, vllm, local-completions, ...)", "hf"),
+    Option("modelreg_model_args", "lm-eval model_args, e.g. pretrained=./ckpt,dtype=bfloat16; "
+           "${VAR} is taken from the environment", ""),
+    Option("modelreg_include_path", "folder(s) of lm-eval task YAMLs, separated by os.pathsep "
+           "or newlines in the ini file"),
+    Option("modelreg_baseline_dir", "folder of the recorded baselines", "baselines"),
+    Option("modelreg_limit", "evaluate only the first N docs of each task (or a fraction < 1)"),
+    Option("modelreg_device", "auto (CUDA when present), cpu, cuda or cuda:N", "auto"),
+    Option("modelreg_batch_size", "batch size passed to lm-eval (N, auto or auto:N)", "1"),
+    Option("modelreg_seed", "one seed for lm-eval's Python, numpy, torch and few-shot RNGs "
+           "(default: lm-eval's own seeds)"),
+    Option("modelreg_update", "record missing baselines and refresh those of the evaluations "
+           "that ran", is_flag=True),
+    Option("modelreg_record_missing", "record a baseline where none exists yet instead of "
+           "failing (existing baselines are still compared, never refreshed)", is_flag=True),
+)
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_BATCH = re.compile(r"^(\d+|auto(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = "hf"
+    model_args: str = ""
+    include_paths: tuple[Path, ...] = ()
+    baseline_dir: Path = Path("baselines")
+    limit: int | float | None = None
+    device: str = "auto"
+    batch_size: str = "1"
+    seed: int | None = None
+    update: bool = False
+    record_missing: bool = False
+    rootdir: Path = Path(".")
+
+
+Lookup = Callable[[str], object]
+
+
+def build_settings(
+    cli: Lookup, ini: Lookup, *, env: Mapping[str, str], rootdir: Path, inidir: Path | None = None
+) -> Settings:
+    """Resolve every option (CLI > ini > env > default) and validate it.
+
+    ``cli(name)`` returns None when the flag was not given; ``ini(name)`` returns "" or None when
+    the key is absent. Relative paths from the ini file resolve against its folder, others
+    against the current directory.
+    """
+    base_for_ini = inidir or rootdir
+
+    def pick(opt: Option) -> tuple[object, str, Path]:
+        value = cli(opt.name)
+        if value not in (None, False, ""):
+            return value, opt.flag, Path.cwd()
+        value = ini(opt.name)
+        if value not in (None, "", []):
+            return value, f"ini key {opt.name}", base_for_ini
+        if opt.env in env and env[opt.env] != "":
+            return env[opt.env], f"${opt.env}", Path.cwd()
+        return opt.default, opt.flag, base_for_ini  # defaults belong to the project, not the cwd
+
+    values = {opt.name: pick(opt) for opt in OPTIONS}
+
+    def text(name: str) -> tuple[str | None, str, Path]:
+        value, origin, base = values[name]
+        return (None if value is None else str(value).strip()), origin, base
+
+    model, _, _ = text("modelreg_model")
+    model_args, origin, _ = text("modelreg_model_args")
+    include, _, include_base = text("modelreg_include_path")
+    baseline_dir, _, baseline_base = text("modelreg_baseline_dir")
+    update_value = values["modelreg_update"][0]
+    return Settings(
+        model=parse_model(model or "hf"),
+        model_args=parse_model_args(model_args or "", origin, env),
+        include_paths=parse_paths(include, include_base),
+        baseline_dir=(baseline_base / (baseline_dir or "baselines")).resolve(),
+        limit=parse_limit(*text("modelreg_limit")[:2]),
+        device=parse_device(*text("modelreg_device")[:2]),
+        batch_size=parse_batch_size(*text("modelreg_batch_size")[:2]),
+        seed=parse_seed(*text("modelreg_seed")[:2]),
+        update=_truthy(update_value),
+        record_missing=_truthy(values["modelreg_record_missing"][0]),
+        rootdir=rootdir,
+    )
+
+
+def _truthy(value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
+def parse_model(model: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", model):
+        raise ModelregUsageError(
+            f"--modelreg-model: {model!r} is not an lm-eval model type; use a name such as "
+            "hf, vllm or local-completions"
+        )
+    return model
+
+
+def expand_env(text: str, origin: str, env: Mapping[str, str]) -> str:
+    """Replace ``${VAR}`` with its value; an unset variable is an error, not an empty string."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in env:
+            raise ModelregUsageError(
+                f"{origin}: environment variable {name} is not set (used as ${{{name}}}); "
+                "set it or write the value in place"
+            )
+        return env[name]
+
+    return _VAR.sub(substitute, text)
+
+
+def parse_model_args(model_args: str, origin: str = "--modelreg-model-args",
+                     env: Mapping[str, str] | None = None) -> str:
+    """Validate an lm-eval ``key=value,key=value`` string (and expand ``${VAR}``)."""
+    model_args = expand_env(model_args, origin, os.environ if env is None else env).strip()
+    split_model_args(model_args, origin)
+    return model_args
+
+
+def split_model_args(model_args: str, origin: str = "model_args") -> dict[str, str]:
+    """Parse ``key=value`` pairs the way lm-eval does, but with a clear error for bad input."""
+    pairs: dict[str, str] = {}
+    for piece in filter(None, (p.strip() for p in model_args.split(","))):
+        key, sep, value = piece.partition("=")
+        if not sep or not key.strip():
+            raise ModelregUsageError(
+                f"{origin}: cannot parse {piece!r} in {model_args!r}; write key=value pairs "
+                "separated by commas, e.g. pretrained=./ckpt,dtype=bfloat16"
+            )
+        if key.strip() in pairs:
+            raise ModelregUsageError(f"{origin}: {key.strip()!r} is given twice in {model_args!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def parse_paths(value: str | None, base: Path) -> tuple[Path, ...]:
+    if not value:
+        return ()
+    raw = [p.strip() for chunk in value.splitlines() for p in chunk.split(os.pathsep)]
+    paths = tuple((base / Path(p).expanduser()).resolve() for p in raw if p)
+    for path in paths:
+        if not path.is_dir():
+            raise ModelregUsageError(
+                f"--modelreg-include-path: folder {path} does not exist; point it at a folder "
+                "of lm-eval task YAMLs"
+            )
+    return paths
+
+
+def parse_limit(value: object, origin: str = "limit") -> int | float | None:
+    """A positive number of docs, or a fraction in (0, 1); None means all docs."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ModelregUsageError(f"{origin}: expected a number of docs, got {value!r}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ModelregUsageError(
+            f"{origin}: expected a positive number of docs, got {value!r}"
+        ) from None
+    if number >= 1 and number.is_integer():
+        return int(number)
+    if 0 < number < 1:
+        return number
+    raise ModelregUsageError(
+        f"{origin}: must be a positive whole number of docs (or a fraction between 0 and 1), "
+        f"got {value!r}"
+    )
+
+
+def parse_device(value: str | None, origin: str = "--modelreg-device") -> str:
+    device = (value or "auto").lower()
+    if not _DEVICE.match(device):
+        raise ModelregUsageError(f"{origin}: {value!r} is not a device; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def parse_batch_size(value: object, origin: str = "batch_size") -> str:
+    text = str(value if value is not None else "1").strip().lower()
+    if not _BATCH.match(text) or text == "0":
+        raise ModelregUsageError(f"{origin}: {value!r} is not a batch size; use N >= 1, auto or auto:N")
+    return text
+
+
+def parse_seed(value: object, origin: str = "--modelreg-seed") -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(str(value))
+    except ValueError:
+        raise ModelregUsageError(f"{origin}: expected a whole number, got {value!r}") from None

@@ -1,0 +1,252 @@
+"""Marker and fixture arguments, validated into an ``EvalSpec`` and a list of ``MetricCheck``.
+
+An ``EvalSpec`` is the evaluation key: tests that build equal specs share one evaluation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ModelregUsageError
+from .settings import Settings, parse_batch_size, parse_limit, split_model_args
+
+# lm-eval's own defaults (lm_eval.evaluator.DEFAULT_*_SEED), so results match a plain lm-eval run.
+DEFAULT_SEEDS: tuple[int, int, int, int] = (0, 1234, 1234, 1234)
+SEED_NAMES = ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed")
+
+EVAL_ARGS = (
+    "model", "model_args", "limit", "num_fewshot", "batch_size", "gen_kwargs",
+    "apply_chat_template", "fewshot_as_multiturn", "system_instruction", "seed",
+    "bootstrap_iters", "baseline",
+)
+CHECK_ARGS = ("metrics", "min", "max", "tolerance")
+MARKER_ARGS = ("task", *CHECK_ARGS, *EVAL_ARGS)
+THRESHOLD_KEYS = ("min", "max", "tolerance")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Everything that decides what one evaluation computes (hashable: the evaluation key)."""
+
+    task: str
+    model: str
+    model_args: str
+    limit: int | float | None = None
+    num_fewshot: int | None = None
+    batch_size: str = "1"
+    device: str = "auto"
+    gen_kwargs: str | None = None
+    apply_chat_template: bool | str = False
+    fewshot_as_multiturn: bool = False
+    system_instruction: str | None = None
+    seeds: tuple[int, int, int, int] = DEFAULT_SEEDS
+    bootstrap_iters: int = 100_000
+    baseline_name: str = ""
+
+    @property
+    def model_key(self) -> tuple[str, str, str, str]:
+        """What decides the loaded model: one load per distinct key per process."""
+        return (self.model, self.model_args, self.device, self.batch_size)
+
+    def seed_dict(self) -> dict[str, int]:
+        return dict(zip(SEED_NAMES, self.seeds, strict=True))
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """The tolerated drop: absolute (0.01) or relative to the baseline ("2%")."""
+
+    value: float = 0.0
+    relative: bool = False
+
+    def allowed_drop(self, baseline: float) -> float:
+        return abs(baseline) * self.value if self.relative else self.value
+
+    def __str__(self) -> str:
+        return f"{self.value * 100:g}%" if self.relative else f"{self.value:g}"
+
+
+@dataclass(frozen=True)
+class MetricCheck:
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    tolerance: Tolerance = field(default_factory=Tolerance)
+
+
+def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def parse_threshold(name: str, value: object, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ModelregUsageError(f"{where}: {name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ModelregUsageError(f"{where}: {name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ModelregUsageError(f"{where}: {name} must be a finite number, got {value!r}")
+    return number
+
+
+_PERCENT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*%\s*$")
+
+
+def parse_tolerance(value: object, where: str) -> Tolerance:
+    """0.01 (absolute) or "2%" (relative to the baseline); never negative."""
+    if value is None:
+        return Tolerance()
+    if isinstance(value, str) and (match := _PERCENT.match(value)):
+        return Tolerance(float(match.group(1)) / 100, relative=True)
+    try:
+        number = parse_threshold("tolerance", value, where)
+    except ModelregUsageError:
+        number = None
+    if number is None or number < 0:
+        raise ModelregUsageError(
+            f"{where}: tolerance must be a drop >= 0, absolute (0.01) or relative ('2%'), "
+            f"got {value!r}"
+        )
+    return Tolerance(number)
+
+
+def _check(metric: str, bounds: Mapping[str, object], defaults: Mapping[str, object],
+           where: str) -> MetricCheck:
+    unknown = sorted(set(bounds) - set(THRESHOLD_KEYS))
+    if unknown:
+        raise ModelregUsageError(
+            f"{where}: unknown threshold {unknown[0]!r} for metric {metric!r}"
+            f"{suggest(unknown[0], THRESHOLD_KEYS)}; use min, max or tolerance"
+        )
+    merged = {**defaults, **bounds}
+    low = parse_threshold("min", merged.get("min"), where)
+    high = parse_threshold("max", merged.get("max"), where)
+    if low is not None and high is not None and low > high:
+        raise ModelregUsageError(f"{where}: min {low:g} is above max {high:g} for {metric!r}")
+    return MetricCheck(metric, low, high, parse_tolerance(merged.get("tolerance"), where))
+
+
+def parse_checks(metrics: object, defaults: Mapping[str, object], where: str) -> list[MetricCheck] | None:
+    """Metric checks from ``metrics=`` (a name, a list, or a dict of per-metric thresholds).
+
+    None means "every metric of the task", with the default thresholds.
+    """
+    if metrics is None:
+        return None
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if isinstance(metrics, Mapping):
+        checks = []
+        for name, bounds in metrics.items():
+            if bounds is None:
+                bounds = {}
+            if not isinstance(name, str) or not isinstance(bounds, Mapping):
+                raise ModelregUsageError(
+                    f"{where}: metrics must map a metric name to its thresholds, e.g. "
+                    f"{{'acc_norm': {{'min': 0.6}}}}; got {name!r}: {bounds!r}"
+                )
+            checks.append(_check(name, bounds, defaults, where))
+        return checks
+    if isinstance(metrics, (list, tuple)) and all(isinstance(m, str) for m in metrics):
+        if not metrics:
+            raise ModelregUsageError(f"{where}: metrics is empty; name at least one or leave it out")
+        return [_check(name, {}, defaults, where) for name in metrics]
+    raise ModelregUsageError(
+        f"{where}: metrics must be a metric name, a list of names or a dict of thresholds; "
+        f"got {metrics!r}"
+    )
+
+
+def _int_arg(name: str, value: object, where: str, minimum: int = 0) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ModelregUsageError(f"{where}: {name} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def _gen_kwargs(value: object, where: str) -> str | None:
+    """Normalise gen_kwargs (dict or "k=v,k=v") into a canonical string for the key."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        value = split_model_args(value, f"{where}: gen_kwargs")
+    if not isinstance(value, Mapping):
+        raise ModelregUsageError(f"{where}: gen_kwargs must be a dict or 'k=v,k=v', got {value!r}")
+    return ",".join(f"{k}={value[k]}" for k in sorted(value))
+
+
+def short_hash(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:8]
+
+
+def build_spec(task: object, args: Mapping[str, Any], settings: Settings, where: str) -> EvalSpec:
+    """An ``EvalSpec`` from marker/fixture arguments, falling back to the session settings."""
+    if not isinstance(task, str) or not task.strip():
+        raise ModelregUsageError(f"{where}: task must be a task name, got {task!r}")
+    unknown = sorted(set(args) - set(EVAL_ARGS))
+    if unknown:
+        raise ModelregUsageError(
+            f"{where}: unknown argument {unknown[0]!r}{suggest(unknown[0], EVAL_ARGS)}"
+        )
+    model = args.get("model") or settings.model
+    model_args = settings.model_args if args.get("model_args") is None else str(args["model_args"])
+    split_model_args(model_args, f"{where}: model_args")
+    limit = settings.limit if args.get("limit") is None else parse_limit(args["limit"], f"{where}: limit")
+    seed = args.get("seed", settings.seed)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ModelregUsageError(f"{where}: seed must be a whole number, got {seed!r}")
+    overridden = args.get("model") is not None or args.get("model_args") is not None
+    baseline = args.get("baseline")
+    if baseline is not None and (not isinstance(baseline, str) or not baseline.strip()):
+        raise ModelregUsageError(f"{where}: baseline must be a name, got {baseline!r}")
+    default_name = f"{task}--{model}-{short_hash(model, model_args)}" if overridden else task
+    return EvalSpec(
+        task=task.strip(),
+        model=str(model),
+        model_args=model_args,
+        limit=limit,
+        num_fewshot=_int_arg("num_fewshot", args.get("num_fewshot"), where),
+        batch_size=parse_batch_size(args.get("batch_size", settings.batch_size), f"{where}: batch_size"),
+        device=settings.device,
+        gen_kwargs=_gen_kwargs(args.get("gen_kwargs"), where),
+        apply_chat_template=args.get("apply_chat_template", False),
+        fewshot_as_multiturn=bool(args.get("fewshot_as_multiturn", False)),
+        system_instruction=args.get("system_instruction"),
+        seeds=DEFAULT_SEEDS if seed is None else (seed, seed, seed, seed),
+        bootstrap_iters=_int_arg("bootstrap_iters", args.get("bootstrap_iters"), where) or 100_000,
+        baseline_name=(baseline or default_name).strip(),
+    )
+
+
+def parse_marker(args: tuple[Any, ...], kwargs: Mapping[str, Any], settings: Settings,
+                 where: str) -> tuple[EvalSpec, list[MetricCheck] | None, dict[str, object]]:
+    """Validate ``@pytest.mark.modelreg(...)`` into (spec, checks, default thresholds)."""
+    if len(args) > 1 or (args and "task" in kwargs):
+        raise ModelregUsageError(f"{where}: @pytest.mark.modelreg takes one task, e.g. task='piqa'")
+    unknown = sorted(set(kwargs) - set(MARKER_ARGS))
+    if unknown:
+        raise ModelregUsageError(
+            f"{where}: @pytest.mark.modelreg got unknown argument {unknown[0]!r}"
+            f"{suggest(unknown[0], MARKER_ARGS)}; allowed: {', '.join(MARKER_ARGS)}"
+        )
+    task = args[0] if args else kwargs.get("task")
+    if task is None:
+        raise ModelregUsageError(f"{where}: @pytest.mark.modelreg needs task=..., e.g. task='piqa'")
+    defaults = {k: kwargs[k] for k in THRESHOLD_KEYS if k in kwargs}
+    # Validate the shared thresholds even when no metric list is given.
+    _check("(all)", {}, defaults, where)
+    checks = parse_checks(kwargs.get("metrics"), defaults, where)
+    eval_args = {k: v for k, v in kwargs.items() if k in EVAL_ARGS}
+    return build_spec(task, eval_args, settings, where), checks, defaults

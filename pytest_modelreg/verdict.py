@@ -1,0 +1,99 @@
+"""Verdicts: pure functions from (check, measured value, baseline) to a decision.
+
+Nothing here reads files or knows about pytest, so a later, statistical rule can replace
+``compare_with_baseline`` without touching the plugin.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .spec import MetricCheck, Tolerance
+
+PASS = "pass"
+REGRESSED = "regressed"
+OUT_OF_BOUNDS = "out of bounds"
+NO_BASELINE = "no baseline"
+INCOMPARABLE = "incomparable"
+RECORDED = "recorded"
+INVALID = "invalid"
+
+FAILING = frozenset({REGRESSED, OUT_OF_BOUNDS, NO_BASELINE, INCOMPARABLE, INVALID})
+# When a metric fails in several ways, the table shows the most fundamental one.
+_PRECEDENCE = (INVALID, INCOMPARABLE, OUT_OF_BOUNDS, REGRESSED, NO_BASELINE, RECORDED, PASS)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    task: str
+    metric: str
+    verdict: str
+    current: float
+    baseline: float | None = None
+    delta: float | None = None
+    message: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict in FAILING
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def check_bounds(metric: str, value: float, low: float | None, high: float | None) -> str | None:
+    """A failure sentence when ``value`` is outside [low, high], else None."""
+    if low is not None and value < low:
+        return f"{metric} = {fmt(value)}, expected >= {fmt(low)} (missed by {fmt(low - value)})"
+    if high is not None and value > high:
+        return f"{metric} = {fmt(value)}, expected <= {fmt(high)} (missed by {fmt(value - high)})"
+    return None
+
+
+def compare_with_baseline(metric: str, current: float, baseline: float, *,
+                          higher_is_better: bool, tolerance: Tolerance) -> tuple[str, str]:
+    """(verdict, sentence): a drop in the worse direction larger than the tolerance regresses."""
+    delta = current - baseline
+    drop = -delta if higher_is_better else delta
+    allowed = tolerance.allowed_drop(baseline)
+    direction = "fell" if higher_is_better else "rose"
+    if drop > allowed + 1e-12:
+        return REGRESSED, (
+            f"{metric} {direction} from {fmt(baseline)} to {fmt(current)} ({delta:+.4f}), more than "
+            f"the tolerated {tolerance} (missed by {fmt(drop - allowed)})"
+        )
+    return PASS, f"{metric} = {fmt(current)}, baseline {fmt(baseline)} ({delta:+.4f})"
+
+
+def judge_metric(task: str, check: MetricCheck, current: float, *, higher_is_better: bool,
+                 baseline: float | None, mismatch: list[str] | None, update: bool,
+                 record_hint: str) -> Verdict:
+    """One metric's verdict against its absolute bounds and its recorded baseline."""
+    if not math.isfinite(current):
+        return Verdict(task, check.metric, INVALID, current, baseline, None,
+                       f"{check.metric} is {current}; a NaN or infinite metric is never a pass")
+    found: list[tuple[str, str]] = []
+    if (miss := check_bounds(check.metric, current, check.min, check.max)) is not None:
+        found.append((OUT_OF_BOUNDS, miss))
+    delta = None if baseline is None else current - baseline
+    if update:
+        found.append((RECORDED, f"{check.metric} = {fmt(current)} recorded as the baseline"))
+    elif mismatch:
+        found.append((INCOMPARABLE, f"the baseline of {task} was recorded under other settings "
+                      f"({'; '.join(mismatch)}); re-record it with {record_hint}"))
+        delta = None
+    elif baseline is None:
+        found.append((NO_BASELINE, f"no baseline for {task}/{check.metric}; record it with "
+                      f"{record_hint}"))
+    else:
+        found.append(compare_with_baseline(check.metric, current, baseline,
+                                           higher_is_better=higher_is_better,
+                                           tolerance=check.tolerance))
+    verdict = min((v for v, _ in found), key=_PRECEDENCE.index)
+    message = "; ".join(text for v, text in found if v in FAILING) or found[-1][1]
+    return Verdict(task, check.metric, verdict, current, baseline, delta, message)

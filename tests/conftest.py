@@ -1,0 +1,69 @@
+"""Session-wide tiny models and tasks (built offline, seeded) and helpers for pytester runs."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import STRONG_NOISE, build_tiny_model, degrade_model, write_tiny_task
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class TinyWorld:
+    tasks: Path  # include path with tiny_qa (60 docs) and tiny_qa2 (40 docs)
+    good: Path  # trained: accuracy ~1.0 on both tasks
+    degraded: Path  # the same weights with strong noise: a real regression
+
+    def ini(self, model: Path | None = None, **extra: str) -> str:
+        lines = {
+            "modelreg_model": "hf",
+            "modelreg_model_args": f"pretrained={model or self.good}",
+            "modelreg_include_path": str(self.tasks),
+            "modelreg_baseline_dir": "baselines",
+            "modelreg_device": "cpu",
+            **extra,
+        }
+        body = "\n".join(f"{k} = {v}" for k, v in lines.items())
+        return f"[pytest]\n{body}\n"
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
+    root = tmp_path_factory.mktemp("tiny")
+    tasks = root / "tasks"
+    tasks.mkdir()
+    write_tiny_task(tasks, "tiny_qa", n_docs=60, seed=0)
+    write_tiny_task(tasks, "tiny_qa2", n_docs=40, seed=1)
+    good = build_tiny_model(root / "good", seed=0)  # trained on every fact: serves both tasks
+    degraded = degrade_model(good, root / "degraded", STRONG_NOISE, seed=0)
+    return TinyWorld(tasks=tasks, good=good, degraded=degraded)
+
+
+@pytest.fixture(scope="session")
+def heavy_imports(tiny: TinyWorld) -> None:
+    """Run one evaluation in this process first: pytester's inline runs drop the modules they
+    imported afterwards, and lm-eval's stack cannot be imported twice (pyarrow registers types
+    once; lm-eval checks model classes by identity)."""
+    from pytest_modelreg.runner.lm_eval_runner import LmEvalRunner
+    from pytest_modelreg.spec import EvalSpec
+
+    runner = LmEvalRunner(include_paths=(tiny.tasks,))
+    runner.evaluate(EvalSpec(task="tiny_qa", model="hf", model_args=f"pretrained={tiny.good}",
+                             device="cpu", limit=2))
+    runner.close()
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, tiny: TinyWorld, heavy_imports: None) -> pytest.Pytester:
+    """A pytester project whose ini points the plugin at the tiny model and tasks."""
+    pytester.makefile(".ini", pytest=tiny.ini())
+    return pytester
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).lstrip()
