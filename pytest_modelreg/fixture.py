@@ -4,13 +4,16 @@ item's ``user_properties`` so they reach the controller under xdist (as junitxml
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
+from pathlib import Path
 from typing import Any
 
+from .baselines import safe_name
 from .errors import CheckFailed
 from .results import EvalResult
 from .session import ModelregSession
-from .spec import EvalSpec, MetricCheck, build_spec
+from .spec import EvalSpec, MetricCheck, build_spec, short_hash
 from .verdict import Verdict
 
 VERDICT_PROPERTY = "modelreg_verdict"
@@ -21,17 +24,50 @@ def record_hint(nodeid: str) -> str:
     return f"pytest --modelreg-update {shlex.quote(nodeid)}"
 
 
-def note_evaluation(item: Any, result: EvalResult, fresh: bool) -> None:
-    item.user_properties.append((EVALUATION_PROPERTY, {
+TEST_PROPERTY = "modelreg_test"
+
+
+def evaluation_summary(result: EvalResult, fresh: bool, artifact_dir: Path | None
+                       ) -> dict[str, Any]:
+    """What the controller needs to log an evaluation: small, plain and picklable."""
+    spec, provenance = result.spec, result.provenance
+    settings = {k: v for k, v in dataclasses.asdict(spec).items()
+                if k not in ("task", "model", "model_args", "baseline_name", "seeds")}
+    settings.update(spec.seed_dict())
+    settings["device"] = provenance.get("hardware", {}).get("device", spec.device)
+    return {
         "task": result.task,
-        "model": result.spec.model,
-        "model_args": result.provenance.get("model", {}).get("model_args", ""),
-        "baseline": result.spec.baseline_name,
+        "model": spec.model,
+        "model_args": provenance.get("model", {}).get("model_args", ""),
+        "model_sha256": provenance.get("model", {}).get("sha256", ""),
+        "baseline": spec.baseline_name,
         "n_samples": result.n_samples,
-        "seconds": round(result.seconds, 3),
-        "model_load_seconds": round(result.model_load_seconds, 3),
+        "seconds": round(result.seconds if fresh else 0.0, 3),
+        "model_load_seconds": round(result.model_load_seconds if fresh else 0.0, 3),
         "fresh": fresh,
-    }))
+        "settings": {k: str(v) for k, v in settings.items() if v is not None},
+        "versions": provenance.get("versions", {}),
+        "hardware": {k: str(v) for k, v in provenance.get("hardware", {}).items()},
+        "artifacts": write_artifacts(result, artifact_dir) if artifact_dir else {},
+    }
+
+
+def write_artifacts(result: EvalResult, folder: Path) -> dict[str, str]:
+    """lm-eval's results JSON and the per-sample outcomes, once per evaluation."""
+    target = folder / f"{safe_name(result.spec.baseline_name)}-{short_hash(result.spec)}"
+    files = {"results.json": target / "results.json", "samples.jsonl": target / "samples.jsonl"}
+    if not files["results.json"].exists():
+        target.mkdir(parents=True, exist_ok=True)
+        files["samples.jsonl"].write_text(
+            "".join(json.dumps(s.to_dict(), sort_keys=True) + "\n" for s in result.samples))
+        files["results.json"].write_text(json.dumps(result.raw, indent=2, default=str))
+    return {name: str(path) for name, path in files.items()}
+
+
+def note_evaluation(item: Any, result: EvalResult, fresh: bool,
+                    artifact_dir: Path | None = None) -> None:
+    item.user_properties.append((EVALUATION_PROPERTY,
+                                 evaluation_summary(result, fresh, artifact_dir)))
 
 
 def note_verdict(item: Any, verdict: Verdict) -> None:
@@ -56,7 +92,7 @@ class ModelregFixture:
 
     def evaluate(self, task: str, **settings: Any) -> EvalResult:
         result, fresh = self._session.evaluate(self.spec(task, **settings))
-        note_evaluation(self._item, result, fresh)
+        note_evaluation(self._item, result, fresh, self._session.artifact_dir)
         hint = record_hint(self._item.nodeid)
 
         def judge(res: EvalResult, check: MetricCheck) -> Verdict:
@@ -74,7 +110,7 @@ def run_marker_checks(session: ModelregSession, item: Any,
     failures = []
     for spec, checks, defaults in parsed:
         result, fresh = session.evaluate(spec)
-        note_evaluation(item, result, fresh)
+        note_evaluation(item, result, fresh, session.artifact_dir)
         for check in session.checks_for(result, checks, defaults):
             verdict = session.judge(result, check, record_hint(item.nodeid))
             note_verdict(item, verdict)

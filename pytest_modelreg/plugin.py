@@ -7,22 +7,33 @@ has the plugin installed.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
+import time
+import uuid
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .baselines import atomic_write
+from .collect import ReportCollector
 from .errors import CheckFailed, ModelregError, ModelregUsageError
-from .fixture import EVALUATION_PROPERTY, VERDICT_PROPERTY, ModelregFixture, run_marker_checks
+from .fixture import TEST_PROPERTY, ModelregFixture, run_marker_checks
 from .progress import TerminalProgress
-from .report import write_table
+from .provenance import git_state
+from .report import markdown_report, write_table
 from .session import ModelregSession
-from .settings import OPTIONS, build_settings
+from .settings import OPTIONS, Settings, build_settings
 from .spec import parse_marker
+from .tracking import SessionRecord, SessionTracker, TestRecord
+from .tracking import context as tracking_context
 
 SESSION_KEY = pytest.StashKey[ModelregSession]()
 PARSED_KEY = pytest.StashKey[list]()
+ARTIFACT_DIR_INPUT = "modelreg_artifact_dir"
 MARKER_HELP = ("modelreg(task, metrics=None, limit=None, num_fewshot=None, min=None, max=None, "
                "tolerance=None, model=None, model_args=None, ...): evaluate an lm-eval task and "
                "check its metrics against thresholds and the recorded baseline")
@@ -34,11 +45,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         if option.is_flag:
             group.addoption(option.flag, action="store_true", default=None, dest=option.name,
                             help=option.help)
-            parser.addini(option.name, option.help, type="bool", default=False)
+            if option.ini:
+                parser.addini(option.name, option.help, type="bool", default=False)
         else:
+            ini_note = f" (ini: {option.name})" if option.ini else ""
             group.addoption(option.flag, dest=option.name, default=None,
-                            help=f"{option.help} (ini: {option.name})")
-            parser.addini(option.name, option.help, default="")
+                            help=option.help + ini_note)
+            if option.ini:
+                parser.addini(option.name, option.help, default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -50,10 +64,19 @@ def pytest_configure(config: pytest.Config) -> None:
     except ModelregUsageError as exc:
         raise pytest.UsageError(f"modelreg: {exc}") from None
     # Capture is suspended while plugins configure, so sys.stdout is the real terminal here.
-    live = sys.stdout.isatty() and not hasattr(config, "workerinput")
-    progress = TerminalProgress(config, live=live)
-    config.stash[SESSION_KEY] = ModelregSession(settings, progress=progress)
-    config.pluginmanager.register(ModelregReporter(config), "modelreg-reporter")
+    worker_input = getattr(config, "workerinput", None)
+    live = sys.stdout.isatty() and worker_input is None
+    session = ModelregSession(settings, progress=TerminalProgress(config, live=live))
+    config.stash[SESSION_KEY] = session
+    if worker_input is not None:
+        folder = worker_input.get(ARTIFACT_DIR_INPUT)
+        session.artifact_dir = Path(folder) if folder else None
+        return
+    controller = ModelregController(config, settings)
+    session.artifact_dir = controller.artifact_dir
+    config.pluginmanager.register(controller, "modelreg-controller")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(controller), "modelreg-xdist")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -65,6 +88,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     markers = list(item.iter_markers("modelreg"))
+    if markers or "modelreg" in getattr(item, "fixturenames", ()):
+        item.user_properties.append((TEST_PROPERTY, True))
     if markers:
         settings = item.config.stash[SESSION_KEY].settings
         item.stash[PARSED_KEY] = [parse_marker(m.args, m.kwargs, settings, item.nodeid)
@@ -96,37 +121,164 @@ def modelreg(request: pytest.FixtureRequest) -> ModelregFixture:
     return ModelregFixture(request.config.stash[SESSION_KEY], request.node)
 
 
-class ModelregReporter:
-    """Collects verdicts from test reports (also those sent by xdist workers) and prints them."""
+class ModelregController:
+    """Controller-only work: the verdict table, the MLflow run, the session report.
 
-    def __init__(self, config: pytest.Config) -> None:
+    Under xdist, workers never get this object: everything reaches it on the test reports.
+    """
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
-        self.rows: list[dict[str, Any]] = []
+        self.settings = settings
+        self.tracking = settings.tracking
+        self.warnings: list[str] = []
+        self.collector = ReportCollector(self._test_done)
+        self.artifact_dir: Path | None = None
+        self.session_tracker: SessionTracker | None = None
+        if self.tracking.enabled:
+            self.artifact_dir = Path(tempfile.mkdtemp(prefix="pytest-modelreg-"))
+            self.session_tracker = self._session_tracker()
+            if self.tracking.strict:
+                self._connect_or_fail()
+
+    # -- tracking --------------------------------------------------------------------------
+    def _session_tracker(self) -> SessionTracker:
+        session_id = uuid.uuid4().hex
+        started = time.time()
+        label = tracking_context.model_label(self.settings.model, self.settings.model_args)
+        record = SessionRecord(
+            session_id=session_id, started_at=started,
+            run_name=tracking_context.run_name(started, label, "running"),
+            tags=tracking_context.session_tags(
+                session_id, tracking_context.redact_command(self.config.invocation_params.args),
+                git_state(self.settings.rootdir), os.environ),
+            params=tracking_context.session_params(self.settings),
+            tracking_uri=self.tracking.tracking_uri, experiment=self.tracking.experiment,
+            parent_run_id=self.tracking.parent_run_id)
+        return SessionTracker(record, self._make_tracker, self.tracking.spool_dir, self._warn)
+
+    def _make_tracker(self) -> Any:
+        from .tracking.mlflow_tracker import MlflowTracker
+
+        return MlflowTracker(self.tracking.tracking_uri, self.tracking.experiment,
+                             self.tracking.parent_run_id)
+
+    def _connect_or_fail(self) -> None:
+        try:
+            tracker = self._make_tracker()
+            tracker.connect()
+        except Exception as exc:
+            raise pytest.UsageError(
+                f"modelreg: MLflow tracking at {self._uri_text()} is not usable "
+                f"({type(exc).__name__}: {str(exc).strip()[:300]}); start the server, fix "
+                "--mlflow-tracking-uri, or drop --mlflow-strict") from None
+        assert self.session_tracker is not None
+        self.session_tracker.tracker = tracker
+
+    def _uri_text(self) -> str:
+        return self.tracking.tracking_uri or "MLflow's default (sqlite:///mlflow.db)"
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self._write(f"modelreg: WARNING: {message}", yellow=True)
+
+    def _test_done(self, test: TestRecord) -> None:
+        if self.session_tracker is None:
+            return
+        first = self.collector.first_evaluation
+        if first is not None and not self.session_tracker.started:
+            self.session_tracker.session.params.update(tracking_context.environment_params(first))
+        self.session_tracker.log_test(test)
+
+    # -- hooks -----------------------------------------------------------------------------
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        lines = [f"modelreg: model {self.settings.model}, baselines in {self.settings.baseline_dir}"]
+        if self.tracking.enabled:
+            lines.append(f"modelreg: MLflow tracking at {self._uri_text()}, experiment "
+                         f"'{self.tracking.experiment}'")
+        return lines
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call":
-            return
-        for name, value in report.user_properties:
-            if name == VERDICT_PROPERTY:
-                self.rows.append({"test": report.nodeid, **value})
-            elif name == EVALUATION_PROPERTY and value["fresh"]:
-                load = value["model_load_seconds"]
-                model = f"model loaded in {load:.1f} s" if load else "model reused"
-                self._write(f"modelreg: evaluated {value['task']} on {value['model']} "
-                            f"({value['n_samples']} docs in {value['seconds']:.1f} s; {model})")
+        message = report.longreprtext.strip().splitlines()[-1] if report.failed and \
+            report.longreprtext.strip() else ""
+        fresh = self.collector.add(report.nodeid, report.when, report.outcome, report.duration,
+                                   message, list(report.user_properties))
+        for value in fresh:
+            load = value["model_load_seconds"]
+            model = f"model loaded in {load:.1f} s" if load else "model reused"
+            self._write(f"modelreg: evaluated {value['task']} on {value['model']} "
+                        f"({value['n_samples']} docs in {value['seconds']:.1f} s; {model})")
 
-    def _write(self, line: str) -> None:
-        reporter = self.config.pluginmanager.getplugin("terminalreporter")
-        if reporter is not None and not hasattr(self.config, "workerinput"):
-            reporter.write_line(line)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.collector.flush()
+        tracker = self.session_tracker
+        if tracker is None or not tracker.session.tests:
+            return
+        status = {pytest.ExitCode.OK: "FINISHED", pytest.ExitCode.NO_TESTS_COLLECTED: "FINISHED",
+                  pytest.ExitCode.INTERRUPTED: "KILLED"}.get(exitstatus, "FAILED")
+        failed = any(t.failed for t in tracker.session.tests)
+        if status == "FINISHED" and failed:
+            status = "FAILED"
+        outcome = {"FINISHED": "passed", "KILLED": "interrupted"}.get(status, "failed")
+        record = tracker.session
+        record.tags["outcome"] = outcome
+        label = tracking_context.model_label(self.settings.model, self.settings.model_args)
+        record.run_name = self.tracking.run_name or tracking_context.run_name(
+            record.started_at, label, outcome)
+        record.artifacts.update(self._write_reports(record))
+        tracker.finish(status)
+
+    def _write_reports(self, record: SessionRecord) -> dict[str, str]:
+        assert self.artifact_dir is not None
+        report_json = self.artifact_dir / "modelreg-report.json"
+        report_md = self.artifact_dir / "modelreg-report.md"
+        atomic_write(report_json, record.to_json())
+        atomic_write(report_md, markdown_report(self.collector.rows))
+        return {"modelreg-report.json": str(report_json), "modelreg-report.md": str(report_md)}
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.rows:
+        rows = self.collector.rows
+        if rows:
+            terminalreporter.section("modelreg")
+            write_table(terminalreporter, rows)
+            recorded = sorted({r["task"] for r in rows if r["verdict"] == "recorded"})
+            if recorded:
+                terminalreporter.write_line(f"modelreg: recorded baselines for "
+                                            f"{', '.join(recorded)} in {self.settings.baseline_dir}")
+        self._summarise_tracking(terminalreporter)
+
+    def _summarise_tracking(self, terminalreporter: Any) -> None:
+        tracker = self.session_tracker
+        if tracker is None or not tracker.session.tests:
             return
-        terminalreporter.section("modelreg")
-        write_table(terminalreporter, self.rows)
-        recorded = sorted({r["task"] for r in self.rows if r["verdict"] == "recorded"})
-        if recorded:
-            folder = self.config.stash[SESSION_KEY].settings.baseline_dir
-            terminalreporter.write_line(f"modelreg: recorded baselines for {', '.join(recorded)} "
-                                        f"in {folder}")
+        if tracker.spool_path is not None:
+            terminalreporter.write_line(
+                f"modelreg: MLflow was not reachable; the session is spooled in "
+                f"{tracker.spool_path}; replay it with: pytest-modelreg sync", yellow=True)
+        elif tracker.tracker is not None and tracker.tracker.run_id:
+            inner = tracker.tracker
+            line = (f"modelreg: MLflow run {inner.run_id} in experiment "
+                    f"'{self.tracking.experiment}' at {getattr(inner, 'tracking_uri', '')}")
+            terminalreporter.write_line(line)
+            if url := inner.run_url():
+                terminalreporter.write_line(f"modelreg: {url}")
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.artifact_dir is not None:
+            shutil.rmtree(self.artifact_dir, ignore_errors=True)
+
+    def _write(self, line: str, **markup: bool) -> None:
+        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line, **markup)
+
+
+class XdistHooks:
+    """Registered only when pytest-xdist is installed (``-p no:xdist`` must keep working)."""
+
+    def __init__(self, controller: ModelregController) -> None:
+        self.controller = controller
+
+    def pytest_configure_node(self, node: Any) -> None:
+        if self.controller.artifact_dir is not None:
+            node.workerinput[ARTIFACT_DIR_INPUT] = str(self.controller.artifact_dir)

@@ -49,3 +49,20 @@ def write_table(writer: LineWriter, rows: Sequence[Mapping[str, Any]]) -> None:
         markup = {"red": True} if verdict in FAILING else {"green": True} if verdict in (
             PASS, RECORDED) else {"yellow": True}
         writer.write_line(text, **markup)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The same table as the terminal's, as GitHub-flavoured markdown."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = [_cell(row, c).replace("|", "\\|") for c in COLUMNS]
+        if row.get("verdict") in FAILING:
+            cells[-1] = f"**{cells[-1]}**"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(rows: Sequence[Mapping[str, Any]], *, title: str = "pytest-modelreg") -> str:
+    failed = sum(1 for r in rows if r.get("verdict") in FAILING)
+    summary = f"{len(rows)} metric checks, {failed} failing" if rows else "no metric checks"
+    return f"# {title}\n\n{summary}\n\n{markdown_table(rows) if rows else ''}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 
 from .baselines import Baseline, BaselineStore
 from .errors import BaselineError, ModelregError
@@ -39,6 +40,7 @@ class ModelregSession:
         self._baselines: dict[str, Baseline | None] = {}
         self._fingerprints: dict[str, tuple[EvalSpec, dict[str, object]]] = {}
         self.recorded: set[str] = set()  # baseline names written in this session
+        self.artifact_dir: Path | None = None  # set by the plugin when a tracker wants files
 
     @property
     def evaluator(self) -> Evaluator:

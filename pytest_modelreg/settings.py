@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ModelregUsageError
@@ -23,6 +23,8 @@ class Option:
     help: str
     default: str | None = None
     is_flag: bool = False
+    env_name: str | None = None  # default: the ini key in capitals
+    ini: bool = True
 
     @property
     def flag(self) -> str:
@@ -30,7 +32,7 @@ class Option:
 
     @property
     def env(self) -> str:
-        return self.name.upper()
+        return self.env_name or self.name.upper()
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -49,11 +51,35 @@ OPTIONS: tuple[Option, ...] = (
            "that ran", is_flag=True),
     Option("modelreg_record_missing", "record a baseline where none exists yet instead of "
            "failing (existing baselines are still compared, never refreshed)", is_flag=True),
+    Option("mlflow_tracking_uri", "MLflow tracking URI (default: MLflow's own, a local "
+           "mlflow.db)", env_name="MLFLOW_TRACKING_URI"),
+    Option("mlflow_experiment", "MLflow experiment of the session runs", "pytest-modelreg",
+           env_name="MLFLOW_EXPERIMENT_NAME"),
+    Option("mlflow_run_name", "name of the session's MLflow run (default: time, model, outcome)",
+           ini=False),
+    Option("mlflow_parent_run_id", "nest the session run under this existing MLflow run",
+           env_name="MLFLOW_RUN_ID", ini=False),
+    Option("no_mlflow", "do not log the session to MLflow", is_flag=True, env_name="MODELREG_NO_MLFLOW"),
+    Option("mlflow_strict", "a tracking failure is a session error instead of a warning",
+           is_flag=True),
+    Option("modelreg_spool_dir", "where sessions are spooled when the tracking server cannot be "
+           "reached (replay with: pytest-modelreg sync)", ".modelreg-spool"),
 )
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _BATCH = re.compile(r"^(\d+|auto(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    enabled: bool = True
+    tracking_uri: str | None = None  # None: MLflow's own default
+    experiment: str = "pytest-modelreg"
+    run_name: str | None = None
+    parent_run_id: str | None = None
+    strict: bool = False
+    spool_dir: Path = Path(".modelreg-spool")
 
 
 @dataclass(frozen=True)
@@ -68,6 +94,7 @@ class Settings:
     seed: int | None = None
     update: bool = False
     record_missing: bool = False
+    tracking: TrackingSettings = field(default_factory=lambda: TrackingSettings())
     rootdir: Path = Path(".")
 
 
@@ -89,7 +116,7 @@ def build_settings(
         value = cli(opt.name)
         if value not in (None, False, ""):
             return value, opt.flag, Path.cwd()
-        value = ini(opt.name)
+        value = ini(opt.name) if opt.ini else None
         if value not in (None, "", []):
             return value, f"ini key {opt.name}", base_for_ini
         if opt.env in env and env[opt.env] != "":
@@ -118,7 +145,22 @@ def build_settings(
         seed=parse_seed(*text("modelreg_seed")[:2]),
         update=_truthy(update_value),
         record_missing=_truthy(values["modelreg_record_missing"][0]),
+        tracking=_tracking(text, values),
         rootdir=rootdir,
+    )
+
+
+def _tracking(text: Callable[[str], tuple[str | None, str, Path]],
+              values: dict[str, tuple[object, str, Path]]) -> TrackingSettings:
+    spool, _, spool_base = text("modelreg_spool_dir")
+    return TrackingSettings(
+        enabled=not _truthy(values["no_mlflow"][0]),
+        tracking_uri=text("mlflow_tracking_uri")[0] or None,
+        experiment=text("mlflow_experiment")[0] or "pytest-modelreg",
+        run_name=text("mlflow_run_name")[0] or None,
+        parent_run_id=text("mlflow_parent_run_id")[0] or None,
+        strict=_truthy(values["mlflow_strict"][0]),
+        spool_dir=(spool_base / (spool or ".modelreg-spool")).resolve(),
     )
 
 

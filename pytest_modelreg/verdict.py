@@ -97,3 +97,9 @@ def judge_metric(task: str, check: MetricCheck, current: float, *, higher_is_bet
     verdict = min((v for v, _ in found), key=_PRECEDENCE.index)
     message = "; ".join(text for v, text in found if v in FAILING) or found[-1][1]
     return Verdict(task, check.metric, verdict, current, baseline, delta, message)
+
+
+def worst(verdicts: list[str]) -> str | None:
+    """The most fundamental of several verdicts (None for none)."""
+    known = [v for v in verdicts if v in _PRECEDENCE]
+    return min(known, key=_PRECEDENCE.index) if known else None

@@ -19,7 +19,10 @@ class TinyWorld:
     good: Path  # trained: accuracy ~1.0 on both tasks
     degraded: Path  # the same weights with strong noise: a real regression
 
-    def ini(self, model: Path | None = None, **extra: str) -> str:
+    def ini(self, model: Path | None = None, *, mlflow: bool = False, **extra: str) -> str:
+        """An ini file for the tiny world; MLflow stays off unless a test is about it."""
+        if not mlflow:
+            extra.setdefault("no_mlflow", "true")
         lines = {
             "modelreg_model": "hf",
             "modelreg_model_args": f"pretrained={model or self.good}",
@@ -45,7 +48,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
 
 
 @pytest.fixture(scope="session")
-def heavy_imports(tiny: TinyWorld) -> None:
+def heavy_imports(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Run one evaluation in this process first: pytester's inline runs drop the modules they
     imported afterwards, and lm-eval's stack cannot be imported twice (pyarrow registers types
     once; lm-eval checks model classes by identity)."""
@@ -56,6 +59,16 @@ def heavy_imports(tiny: TinyWorld) -> None:
     runner.evaluate(EvalSpec(task="tiny_qa", model="hf", model_args=f"pretrained={tiny.good}",
                              device="cpu", limit=2))
     runner.close()
+    # The same for MLflow: after an inline run that imported it first, pytest's entry points
+    # (this plugin's too) vanished from importlib.metadata in the next inline run.
+    from pytest_modelreg.tracking import SessionRecord
+    from pytest_modelreg.tracking.mlflow_tracker import MlflowTracker
+
+    store = tmp_path_factory.mktemp("mlflow-warmup")
+    tracker = MlflowTracker(f"sqlite:///{store / 'mlflow.db'}", "warmup")
+    session = SessionRecord(session_id="warmup", started_at=0.0, status="FINISHED")
+    tracker.start(session)
+    tracker.finish(session)
 
 
 @pytest.fixture

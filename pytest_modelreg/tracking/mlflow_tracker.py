@@ -1,0 +1,163 @@
+"""The MLflow tracker: the only module that imports mlflow (and only in the controller).
+
+It talks to MLflow through ``MlflowClient`` (no fluent "active run" state, so nothing in the
+user's process is changed and MLflow's atexit hook cannot mark our runs FINISHED), batches
+params, metrics and tags with ``log_batch``, and bounds MLflow's HTTP retries so a dead server
+costs seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from . import PARAM_LIMIT, SessionRecord, TestRecord, test_metrics, test_params
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
+SESSION_TAG = "modelreg.session_id"
+TEST_KEY_TAG = "modelreg.test_key"
+COMPLETE_TAG = "modelreg.complete"
+# Unless the user set their own: one retry, short timeouts (MLflow's defaults retry 5 times
+# with exponential backoff and wait 120 s per request).
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+def bound_http_retries() -> None:
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+class MlflowTracker:
+    def __init__(self, tracking_uri: str | None, experiment: str,
+                 parent_run_id: str | None = None, *, resume: bool = False) -> None:
+        bound_http_retries()
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = self.client.tracking_uri
+        self.experiment_name = experiment
+        self.parent_run_id = parent_run_id
+        self.resume = resume
+        self.experiment_id: str | None = None
+        self.run_id: str | None = None
+
+    # -- setup -----------------------------------------------------------------------------
+    def connect(self) -> str:
+        """The experiment's id, creating (and tagging) it when it does not exist yet."""
+        if self.experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment_name)
+            if found is not None:
+                self.experiment_id = found.experiment_id
+            else:
+                self.experiment_id = self.client.create_experiment(
+                    self.experiment_name, tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
+        return self.experiment_id
+
+    def _find(self, filter_string: str) -> Any | None:
+        runs = self.client.search_runs([self.connect()], filter_string=filter_string, max_results=1)
+        return runs[0] if runs else None
+
+    # -- the session run -------------------------------------------------------------------
+    def start(self, session: SessionRecord) -> None:
+        experiment_id = self.connect()
+        existing = self._find_session_run(session.session_id) if self.resume else None
+        if existing is not None:
+            self.run_id = existing.info.run_id
+            return
+        tags = dict(session.tags)
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        run = self.client.create_run(experiment_id, start_time=int(session.started_at * 1000),
+                                     tags=tags, run_name=session.run_name)
+        self.run_id = run.info.run_id
+        self._log_batch(self.run_id, params=session.params)
+
+    def _find_session_run(self, session_id: str) -> Any | None:
+        for run in self.client.search_runs([self.connect()],
+                                           filter_string=f"tags.`{SESSION_TAG}` = '{session_id}'"):
+            if TEST_KEY_TAG not in run.data.tags:
+                return run
+        return None
+
+    def log_test(self, session: SessionRecord, test: TestRecord) -> None:
+        assert self.run_id is not None
+        key = f"{session.session_id}::{test.nodeid}"
+        child = self._find(f"tags.`{TEST_KEY_TAG}` = '{_quote(key)}'") if self.resume else None
+        if child is not None and child.data.tags.get(COMPLETE_TAG) == "true":
+            return
+        if child is None:
+            tags = {
+                "mlflow.parentRunId": self.run_id,
+                "mlflow.runType": session.tags.get("mlflow.runType", "test"),
+                "mlflow.test.session_id": session.session_id,
+                "mlflow.test.name": test.nodeid,
+                SESSION_TAG: session.session_id,
+                TEST_KEY_TAG: key,
+            }
+            child = self.client.create_run(self.connect(), tags=tags, run_name=test.nodeid,
+                                           start_time=int(time.time() * 1000))
+        run_id = child.info.run_id
+        for evaluation in test.evaluations:
+            for path in sorted(evaluation.get("artifacts", {}).values()):
+                if Path(path).exists():
+                    self.client.log_artifact(run_id, path,
+                                             artifact_path=f"evaluations/{evaluation['baseline']}")
+        metrics = test_metrics(test)
+        self._log_batch(run_id, metrics=metrics, params=test_params(test), tags={
+            "outcome": test.outcome, "verdict": test.verdict,
+            "failed": "true" if test.failed else "false", "message": test.message[:5000],
+            COMPLETE_TAG: "true"})
+        self.client.set_terminated(run_id, "FAILED" if test.failed else "FINISHED")
+
+    def finish(self, session: SessionRecord) -> None:
+        assert self.run_id is not None
+        metrics = {}
+        for test in session.tests:
+            metrics.update(test_metrics(test))
+        for path in sorted(session.artifacts.values()):
+            if Path(path).exists():
+                self.client.log_artifact(self.run_id, path)
+        failed = sum(t.failed for t in session.tests)
+        self._log_batch(self.run_id, metrics={**metrics, "tests": float(len(session.tests)),
+                                              "tests_failed": float(failed)},
+                        tags={"outcome": session.tags.get("outcome", ""),
+                              "failed": "true" if failed else "false", COMPLETE_TAG: "true"})
+        self.client.update_run(self.run_id, status=session.status, name=session.run_name)
+        end = int((session.ended_at or time.time()) * 1000)
+        self.client.set_terminated(self.run_id, session.status, end_time=end)
+
+    def _log_batch(self, run_id: str, *, params: dict[str, str] | None = None,
+                   metrics: dict[str, float] | None = None,
+                   tags: dict[str, str] | None = None) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        params = {k: _param_value(v) for k, v in (params or {}).items()}
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in sorted((metrics or {}).items())],
+            params=[Param(k, v) for k, v in sorted(params.items())],
+            tags=[RunTag(k, str(v)) for k, v in sorted((tags or {}).items())],
+        )
+
+    def run_url(self) -> str | None:
+        if self.run_id is None or not self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+
+def _param_value(value: str) -> str:
+    return value if len(value) <= PARAM_LIMIT else value[: PARAM_LIMIT - 20] + "...(truncated)"
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "\\'")
