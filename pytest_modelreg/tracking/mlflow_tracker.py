@@ -129,8 +129,8 @@ class MlflowTracker:
         failed = sum(t.failed for t in session.tests)
         self._log_batch(self.run_id, metrics={**metrics, "tests": float(len(session.tests)),
                                               "tests_failed": float(failed)},
-                        tags={"outcome": session.tags.get("outcome", ""),
-                              "failed": "true" if failed else "false", COMPLETE_TAG: "true"})
+                        # No "failed" tag here: tags.failed = 'true' must find failed tests only.
+                        tags={"outcome": session.tags.get("outcome", ""), COMPLETE_TAG: "true"})
         self.client.update_run(self.run_id, status=session.status, name=session.run_name)
         end = int((session.ended_at or time.time()) * 1000)
         self.client.set_terminated(self.run_id, session.status, end_time=end)
