@@ -37,7 +37,8 @@ class MlflowServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.folder / 'server.log').read_text()[-2000:]}")
+                log = (self.folder / "server.log").read_text()[-2000:]
+                raise RuntimeError(f"mlflow server exited: {log}")
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
                     if answer.status == 200:
