@@ -45,7 +45,7 @@ def evaluation_summary(result: EvalResult, fresh: bool, artifact_dir: Path | Non
         "seconds": round(result.seconds if fresh else 0.0, 3),
         "model_load_seconds": round(result.model_load_seconds if fresh else 0.0, 3),
         "fresh": fresh,
-        "settings": {k: str(v) for k, v in settings.items() if v is not None},
+        "settings": {k: "default" if v is None else str(v) for k, v in settings.items()},
         "versions": provenance.get("versions", {}),
         "hardware": {k: str(v) for k, v in provenance.get("hardware", {}).items()},
         "artifacts": write_artifacts(result, artifact_dir) if artifact_dir else {},

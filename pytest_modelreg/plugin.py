@@ -258,7 +258,8 @@ class ModelregController:
         elif tracker.tracker is not None and tracker.tracker.run_id:
             inner = tracker.tracker
             line = (f"modelreg: MLflow run {inner.run_id} in experiment "
-                    f"'{self.tracking.experiment}' at {getattr(inner, 'tracking_uri', '')}")
+                    f"'{self.tracking.experiment}' at {getattr(inner, 'tracking_uri', '')} "
+                    f"(logging took {tracker.seconds:.2f} s)")
             terminalreporter.write_line(line)
             if url := inner.run_url():
                 terminalreporter.write_line(f"modelreg: {url}")

@@ -86,7 +86,8 @@ class EvalResult:
         value = self.metrics[key]
         miss = check_bounds(key, value, low, high)
         verdict = Verdict(self.task, key, OUT_OF_BOUNDS if miss else PASS, value,
-                          message=miss or f"{key} = {value:.4f} within bounds")
+                          message=miss or f"{key} = {value:.4f} within bounds",
+                          stderr=self.stderr.get(key))
         return self._record(verdict)
 
     def check_baseline(self, metric: str, tolerance: float | str | None = None) -> Verdict:

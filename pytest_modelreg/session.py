@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .baselines import Baseline, BaselineStore
@@ -117,11 +117,12 @@ class ModelregSession:
         mismatch = None
         if baseline is not None and not recorded_now:
             mismatch = diff_fingerprints(baseline.fingerprint, result.fingerprint) or None
-        return judge_metric(
+        verdict = judge_metric(
             result.task, check, result.metrics[check.metric],
             higher_is_better=result.higher_is_better.get(check.metric, True),
             baseline=None if baseline is None else baseline.value(check.metric),
             mismatch=mismatch, update=recorded_now, record_hint=record_hint)
+        return replace(verdict, stderr=result.stderr.get(check.metric))
 
     def checks_for(self, result: EvalResult, checks: list[MetricCheck] | None,
                    defaults: dict[str, object]) -> list[MetricCheck]:

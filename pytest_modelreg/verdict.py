@@ -33,6 +33,7 @@ class Verdict:
     baseline: float | None = None
     delta: float | None = None
     message: str = ""
+    stderr: float | None = None
 
     @property
     def failed(self) -> bool:

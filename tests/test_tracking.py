@@ -84,6 +84,9 @@ def test_session_run_children_tags_params_metrics_artifacts(project: pytest.Pyte
     assert bad.data.metrics["tiny_qa2/acc"] == 1.0
     assert bad.data.metrics["tiny_qa2/n_samples"] == 40
     assert "tiny_qa2/eval_seconds" in bad.data.metrics
+    assert bad.data.metrics["tiny_qa2/acc_stderr"] == 0.0  # all correct: no spread
+    assert bad.data.params["tiny_qa2.limit"] == "default"
+    assert bad.data.params["tiny_qa2.random_seed"] == "0"
     experiment = client(uri).get_experiment_by_name("regressions")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # Secrets never leave: params, tags and every artifact.
@@ -253,3 +256,21 @@ def test_server_dies_mid_session_then_sync_replays_once(project: pytest.Pytester
                 assert len(history(child.info.run_id, key)) == 1, (child.info.run_name, key)
     finally:
         server.stop()
+
+
+def test_nests_under_an_existing_run(project: pytest.Pytester, tiny: TinyWorld, tmp_path: Path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow_client = client(uri)
+    job = mlflow_client.create_run(mlflow_client.create_experiment("ci-jobs"))
+    track(project, tiny, uri)
+    project.makepyfile(test_suite=SUITE)
+    result = project.runpytest("-p", "no:cacheprovider", "--modelreg-update", "--mlflow-run-name",
+                               "nightly", "--mlflow-parent-run-id", job.info.run_id)
+    result.assert_outcomes(passed=2, failed=1)
+    nested = mlflow_client.search_runs([job.info.experiment_id],
+                                       filter_string="tags.`mlflow.parentRunId` = "
+                                                     f"'{job.info.run_id}'")
+    assert [r.info.run_name for r in nested] == ["nightly"]
+    assert len(mlflow_client.search_runs(
+        [job.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{nested[0].info.run_id}'")) == 2

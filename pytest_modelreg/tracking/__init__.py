@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,10 +134,12 @@ class SessionTracker:
         self.started = False
         self.failure: str | None = None
         self.spool_path: Path | None = None
+        self.seconds = 0.0  # time spent talking to the tracker: the cost of tracking
 
     def _call(self, action: str, *args: Any) -> None:
         if self.factory is None or self.failure is not None:
             return
+        start = time.perf_counter()
         try:
             if self.tracker is None:
                 self.tracker = self.factory()
@@ -146,6 +149,8 @@ class SessionTracker:
             self.failure = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
             self.warn(f"MLflow tracking failed ({self.failure}); the rest of this session is "
                       f"spooled to {self.spool_file} (replay with: pytest-modelreg sync)")
+        finally:
+            self.seconds += time.perf_counter() - start
 
     @property
     def spool_file(self) -> Path:
@@ -164,8 +169,6 @@ class SessionTracker:
             self.write_spool()
 
     def finish(self, status: str) -> None:
-        import time
-
         self.session.status = status
         self.session.ended_at = time.time()
         self.ensure_started()

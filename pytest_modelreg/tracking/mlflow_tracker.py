@@ -53,6 +53,9 @@ class MlflowTracker:
     # -- setup -----------------------------------------------------------------------------
     def connect(self) -> str:
         """The experiment's id, creating (and tagging) it when it does not exist yet."""
+        if self.experiment_id is None and self.parent_run_id:
+            # Nested under a CI job's run: live beside it, so the UI shows the nesting.
+            self.experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
         if self.experiment_id is None:
             found = self.client.get_experiment_by_name(self.experiment_name)
             if found is not None:
