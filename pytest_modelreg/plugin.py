@@ -262,7 +262,8 @@ class ModelregController:
                     f"(logging took {tracker.seconds:.2f} s)")
             terminalreporter.write_line(line)
             if url := inner.run_url():
-                terminalreporter.write_line(f"modelreg: {url}")
+                terminalreporter.write_line(f"modelreg: this session: {url}")
+                terminalreporter.write_line(f"modelreg: all sessions: {inner.runs_table_url()}")
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.artifact_dir is not None:

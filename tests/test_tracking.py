@@ -177,7 +177,8 @@ def test_remote_server_prints_the_run_url(project: pytest.Pytester, tiny: TinyWo
     project.makepyfile(test_suite=SUITE)
     result = project.runpytest("-p", "no:cacheprovider", "--modelreg-update")
     result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines([f"modelreg: {server.uri}/#/experiments/*/runs/*"])
+    result.stdout.fnmatch_lines([f"modelreg: this session: {server.uri}/#/experiments/*/runs/*",
+                                 f"modelreg: all sessions: {server.uri}/#/experiments/*/runs"])
 
 
 def test_unreachable_server_warns_spools_and_keeps_outcomes(project: pytest.Pytester,

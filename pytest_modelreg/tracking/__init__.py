@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,6 +120,8 @@ class Tracker(Protocol):
 
     def run_url(self) -> str | None: ...
 
+    def runs_table_url(self) -> str | None: ...
+
 
 class SessionTracker:
     """Feeds a tracker as the session goes; on its first failure warns once and spools the
@@ -141,9 +144,12 @@ class SessionTracker:
             return
         start = time.perf_counter()
         try:
-            if self.tracker is None:
-                self.tracker = self.factory()
-            getattr(self.tracker, action)(self.session, *args)
+            # MLflow's own deprecation warnings are not the user's to read in their test report.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if self.tracker is None:
+                    self.tracker = self.factory()
+                getattr(self.tracker, action)(self.session, *args)
         except Exception as exc:  # the tracker never decides a test's outcome
             text = str(exc).strip()
             self.failure = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

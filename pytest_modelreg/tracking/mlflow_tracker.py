@@ -8,6 +8,7 @@ costs seconds, not minutes.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -42,6 +43,8 @@ class MlflowTracker:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow.tracking import MlflowClient
 
+        for chatty in ("mlflow.store.db.utils", "alembic"):  # "Creating initial tables..."
+            logging.getLogger(chatty).setLevel(logging.WARNING)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = self.client.tracking_uri
         self.experiment_name = experiment
@@ -153,9 +156,15 @@ class MlflowTracker:
         )
 
     def run_url(self) -> str | None:
+        """The session run in the MLflow UI (HTTP servers only)."""
         if self.run_id is None or not self.tracking_uri.startswith(("http://", "https://")):
             return None
         return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+    def runs_table_url(self) -> str | None:
+        """The experiment's runs table: MLflow 3's UI otherwise opens on its GenAI overview."""
+        url = self.run_url()
+        return None if url is None else url.rsplit("/", 1)[0]
 
 
 def _param_value(value: str) -> str:
