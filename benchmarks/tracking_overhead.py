@@ -4,8 +4,9 @@ Run from the repository root:  python benchmarks/tracking_overhead.py
 
 It builds the tiny offline model and task of the test suite, starts ``mlflow server`` (SQLite,
 127.0.0.1), and runs the same 20-test session twice, side by side: with tracking to the server
-and with --no-mlflow. It prints the time the plugin reports spending in tracking (MLflow import
-included), its share of the session, and the wall-time ratio of the two runs. Goal: under 5 %.
+and with --no-mlflow. It prints the tracking work the plugin reports (MLflow import included, done in a
+background thread), the time the session had to wait for it and that wait's share of the
+session, and the wall-time ratio of the two runs. Goal: under 5 %.
 """
 
 from __future__ import annotations
@@ -76,12 +77,15 @@ def main() -> None:
             server.stop()
     tracked_wall, output = results["tracked"]
     untracked_wall, _ = results["untracked"]
-    logging = float(re.search(r"logging took ([0-9.]+) s", output).group(1))
+    found = re.search(r"logging: ([0-9.]+) s in the background, ([0-9.]+) s waited", output)
+    busy, waited = float(found.group(1)), float(found.group(2))
     session = float(re.search(r" in ([0-9.]+)s", output.splitlines()[-1]).group(1))
     print(f"{N_TESTS}-test session against a real MLflow server ({server.uri}):")
     print(f"  session time (pytest's own figure):  {session:7.2f} s")
-    print(f"  time spent in tracking (plugin's):   {logging:7.2f} s  "
-          f"= {100 * logging / session:.1f} % of the session (goal < 5 %)")
+    print(f"  tracking work, in a background thread: {busy:7.2f} s "
+          f"(= {100 * busy / session:.1f} % of the session if it were not overlapped)")
+    print(f"  time the session waited for tracking:  {waited:7.2f} s  "
+          f"= {100 * waited / session:.1f} % of the session (goal < 5 %)")
     print(f"  wall time tracked / --no-mlflow:     {tracked_wall:.2f} s / {untracked_wall:.2f} s "
           f"= {tracked_wall / untracked_wall:.2f}")
 

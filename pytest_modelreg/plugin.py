@@ -259,7 +259,8 @@ class ModelregController:
             inner = tracker.tracker
             line = (f"modelreg: MLflow run {inner.run_id} in experiment "
                     f"'{self.tracking.experiment}' at {getattr(inner, 'tracking_uri', '')} "
-                    f"(logging took {tracker.seconds:.2f} s)")
+                    f"(logging: {tracker.busy_seconds:.2f} s in the background, "
+                    f"{tracker.wait_seconds:.2f} s waited)")
             terminalreporter.write_line(line)
             if url := inner.run_url():
                 terminalreporter.write_line(f"modelreg: this session: {url}")

@@ -11,6 +11,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -125,7 +126,11 @@ class Tracker(Protocol):
 
 class SessionTracker:
     """Feeds a tracker as the session goes; on its first failure warns once and spools the
-    whole session to disk instead, for ``pytest-modelreg sync`` to replay later."""
+    whole session to disk instead, for ``pytest-modelreg sync`` to replay later.
+
+    The tracker works in one background thread (calls keep their order), so logging a test
+    overlaps with evaluating the next one; the session waits only for what is left at its end.
+    """
 
     def __init__(self, session: SessionRecord, tracker_factory: Callable[[], Tracker] | None,
                  spool_dir: Path, warn: Callable[[str], None]) -> None:
@@ -137,10 +142,20 @@ class SessionTracker:
         self.started = False
         self.failure: str | None = None
         self.spool_path: Path | None = None
-        self.seconds = 0.0  # time spent talking to the tracker: the cost of tracking
+        self.busy_seconds = 0.0  # time the tracker worked, in the background
+        self.wait_seconds = 0.0  # time the session waited for it: what tracking cost the user
+        self._executor: ThreadPoolExecutor | None = None
+        self._warnings: list[str] = []  # raised in the worker, shown by the main thread
+
+    def _submit(self, action: str, *args: Any) -> None:
+        if self.factory is None and self.tracker is None:
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="modelreg-tracking")
+        self._executor.submit(self._call, action, *args)
 
     def _call(self, action: str, *args: Any) -> None:
-        if self.factory is None or self.failure is not None:
+        if self.failure is not None:
             return
         start = time.perf_counter()
         try:
@@ -148,29 +163,32 @@ class SessionTracker:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if self.tracker is None:
+                    assert self.factory is not None
                     self.tracker = self.factory()
                 getattr(self.tracker, action)(self.session, *args)
         except Exception as exc:  # the tracker never decides a test's outcome
             text = str(exc).strip()
             self.failure = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-            self.warn(f"MLflow tracking failed ({self.failure}); the rest of this session is "
-                      f"spooled to {self.spool_file} (replay with: pytest-modelreg sync)")
+            self._warnings.append(
+                f"MLflow tracking failed ({self.failure}); the rest of this session is "
+                f"spooled to {self.spool_file} (replay with: pytest-modelreg sync)")
         finally:
-            self.seconds += time.perf_counter() - start
+            self.busy_seconds += time.perf_counter() - start
 
-    @property
-    def spool_file(self) -> Path:
-        return self.spool_dir / self.session.session_id / "session.json"
+    def _show_warnings(self) -> None:
+        while self._warnings:
+            self.warn(self._warnings.pop(0))
 
     def ensure_started(self) -> None:
         if not self.started:
             self.started = True
-            self._call("start")
+            self._submit("start")
 
     def log_test(self, test: TestRecord) -> None:
         self.session.tests.append(test)
         self.ensure_started()
-        self._call("log_test", test)
+        self._submit("log_test", test)
+        self._show_warnings()
         if self.failure is not None:
             self.write_spool()
 
@@ -178,9 +196,23 @@ class SessionTracker:
         self.session.status = status
         self.session.ended_at = time.time()
         self.ensure_started()
-        self._call("finish")
+        self._submit("finish")
+        self.wait()
+        self._show_warnings()
         if self.failure is not None:
             self.write_spool()
+
+    def wait(self) -> None:
+        """Let the worker finish what was submitted."""
+        if self._executor is not None:
+            start = time.perf_counter()
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            self.wait_seconds += time.perf_counter() - start
+
+    @property
+    def spool_file(self) -> Path:
+        return self.spool_dir / self.session.session_id / "session.json"
 
     def write_spool(self) -> Path:
         """The session and copies of its artifact files, so a later sync has all it needs."""
