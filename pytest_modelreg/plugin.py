@@ -192,6 +192,8 @@ class ModelregController:
 
     # -- hooks -----------------------------------------------------------------------------
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        if not self.settings.configured:  # a project that merely has the plugin installed
+            return []
         lines = [f"modelreg: model {self.settings.model}, baselines in {self.settings.baseline_dir}"]
         if self.tracking.enabled:
             lines.append(f"modelreg: MLflow tracking at {self._uri_text()}, experiment "

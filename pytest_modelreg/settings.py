@@ -96,6 +96,7 @@ class Settings:
     record_missing: bool = False
     tracking: TrackingSettings = field(default_factory=lambda: TrackingSettings())
     rootdir: Path = Path(".")
+    configured: bool = False  # any option set: the project uses the plugin (header lines)
 
 
 Lookup = Callable[[str], object]
@@ -124,6 +125,8 @@ def build_settings(
         return opt.default, opt.flag, base_for_ini  # defaults belong to the project, not the cwd
 
     values = {opt.name: pick(opt) for opt in OPTIONS}
+    configured = any(value not in (None, False, "") and value != opt.default
+                     for opt in OPTIONS for value in [values[opt.name][0]])
 
     def text(name: str) -> tuple[str | None, str, Path]:
         value, origin, base = values[name]
@@ -146,6 +149,7 @@ def build_settings(
         update=_truthy(update_value),
         record_missing=_truthy(values["modelreg_record_missing"][0]),
         tracking=_tracking(text, values),
+        configured=configured,
         rootdir=rootdir,
     )
 

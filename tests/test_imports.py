@@ -42,3 +42,4 @@ def test_session_without_modelreg_tests_imports_nothing_heavy(pytester: pytest.P
     modules = {m.split(".")[0] for m in json.loads((pytester.path / "modules.json").read_text())}
     assert "pytest_modelreg" in modules
     assert not modules & set(HEAVY)
+    assert "modelreg:" not in result.stdout.str()  # not even a header line

@@ -21,6 +21,8 @@ def test_defaults(tmp_path):
     assert settings.device == "auto"
     assert settings.baseline_dir == (tmp_path / "baselines").resolve()
     assert settings.update is False
+    assert settings.configured is False
+    assert make(ini={"modelreg_model_args": "pretrained=x"}, tmp=tmp_path).configured is True
 
 
 def test_cli_beats_ini_beats_env(tmp_path):
