@@ -10,7 +10,9 @@ from tests.conftest import TinyWorld, dedent
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest("-p", "no:cacheprovider", *args)
+    # In an inline run the plugin is already imported; pytest warns it cannot rewrite it.
+    return pytester.runpytest("-p", "no:cacheprovider",
+                              "-W", "ignore::pytest.PytestAssertRewriteWarning", *args)
 
 
 def failure_section(output: str) -> str:
@@ -18,7 +20,9 @@ def failure_section(output: str) -> str:
     for header in ("= FAILURES =", "= ERRORS ="):
         if header in output:
             output = output.split(header, 1)[1]
-    return output.split("short test summary info", 1)[0]
+    for footer in ("warnings summary", "short test summary info"):
+        output = output.split(footer, 1)[0]
+    return output
 
 
 def marked(**kwargs: object) -> str:
