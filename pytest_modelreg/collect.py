@@ -28,7 +28,7 @@ class ReportCollector:
         record.duration += duration
         fresh: list[dict[str, Any]] = []
         if outcome == "failed" and not record.failed:
-            record.outcome = "failed" if when == "call" else "error"
+            record.outcome = "failed" if when in ("call", "???") else "error"
             record.message = message
         elif outcome == "skipped" and record.outcome == "passed":
             record.outcome, record.message = "skipped", message

@@ -27,6 +27,8 @@ PARAM_LIMIT = 6000  # MLflow's longest param value; longer values go to an artif
 class TestRecord:
     """One modelreg test as the controller saw it on the test reports."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
     nodeid: str
     outcome: str = "passed"  # passed | failed | error | skipped
     duration: float = 0.0
@@ -77,7 +79,7 @@ def metric_key(*parts: str) -> str:
     return _METRIC_KEY.sub("_", "/".join(parts))
 
 
-def test_metrics(test: TestRecord) -> dict[str, float]:
+def metrics_of(test: TestRecord) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for row in test.verdicts:
         key = metric_key(row["task"], row["metric"])
@@ -95,7 +97,7 @@ def test_metrics(test: TestRecord) -> dict[str, float]:
     return metrics
 
 
-def test_params(test: TestRecord) -> dict[str, str]:
+def params_of(test: TestRecord) -> dict[str, str]:
     params: dict[str, str] = {}
     for evaluation in test.evaluations:
         prefix = evaluation["task"]

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import PARAM_LIMIT, SessionRecord, TestRecord, test_metrics, test_params
+from . import PARAM_LIMIT, SessionRecord, TestRecord, metrics_of, params_of
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_DEVELOPMENT = "custom_model_development"
@@ -117,8 +117,8 @@ class MlflowTracker:
                 if Path(path).exists():
                     self.client.log_artifact(run_id, path,
                                              artifact_path=f"evaluations/{evaluation['baseline']}")
-        metrics = test_metrics(test)
-        self._log_batch(run_id, metrics=metrics, params=test_params(test), tags={
+        metrics = metrics_of(test)
+        self._log_batch(run_id, metrics=metrics, params=params_of(test), tags={
             "outcome": test.outcome, "verdict": test.verdict,
             "failed": "true" if test.failed else "false", "message": test.message[:5000],
             COMPLETE_TAG: "true"})
@@ -128,7 +128,7 @@ class MlflowTracker:
         assert self.run_id is not None
         metrics = {}
         for test in session.tests:
-            metrics.update(test_metrics(test))
+            metrics.update(metrics_of(test))
         for path in sorted(session.artifacts.values()):
             if Path(path).exists():
                 self.client.log_artifact(self.run_id, path)
