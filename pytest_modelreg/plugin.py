@@ -72,6 +72,10 @@ def pytest_configure(config: pytest.Config) -> None:
         folder = worker_input.get(ARTIFACT_DIR_INPUT)
         session.artifact_dir = Path(folder) if folder else None
         return
+    if settings.tracking.enabled:
+        # MLflow's own deprecation warnings (it works in a background thread, where a local
+        # catch_warnings cannot reach) are not the user's to read in their session summary.
+        config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:mlflow")
     controller = ModelregController(config, settings)
     session.artifact_dir = controller.artifact_dir
     config.pluginmanager.register(controller, "modelreg-controller")
