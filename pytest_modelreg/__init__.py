@@ -6,6 +6,8 @@ __version__ = "0.1.0"
 
 from .errors import BaselineError, CheckFailed, EvaluationError, ModelregError
 from .results import EvalResult, SampleOutcome
+from .stats import Comparison, compare_aggregates, compare_samples, holm
 
-__all__ = ["BaselineError", "CheckFailed", "EvalResult", "EvaluationError", "ModelregError",
-           "SampleOutcome", "__version__"]
+__all__ = ["BaselineError", "CheckFailed", "Comparison", "EvalResult", "EvaluationError",
+           "ModelregError", "SampleOutcome", "__version__", "compare_aggregates", "compare_samples",
+           "holm"]
