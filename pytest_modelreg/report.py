@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from .verdict import FAILING, PASS, RECORDED
 
-COLUMNS = ("test", "task", "metric", "baseline", "current", "delta", "verdict")
+COLUMNS = ("test", "task", "metric", "baseline", "current", "delta", "95% CI", "p", "verdict")
 _MAX_TEST_WIDTH = 60
 
 
@@ -23,6 +23,12 @@ def _cell(row: Mapping[str, Any], column: str) -> str:
         return text if len(text) <= _MAX_TEST_WIDTH else "..." + text[-_MAX_TEST_WIDTH + 3:]
     if column == "delta":
         return "-" if value is None else f"{value:+.4f}"
+    if column == "95% CI":
+        low, high = row.get("ci_low"), row.get("ci_high")
+        return "-" if low is None or high is None else f"[{low:+.3f}, {high:+.3f}]"
+    if column == "p":
+        p_value = row.get("p_value")
+        return "-" if p_value is None else f"{p_value:.2g}"
     if column in ("baseline", "current"):
         return "-" if value is None else f"{value:.4f}"
     return str(value)
@@ -31,7 +37,7 @@ def _cell(row: Mapping[str, Any], column: str) -> str:
 def table_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     cells = [[_cell(row, c) for c in COLUMNS] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(COLUMNS)]
-    numeric = {"baseline", "current", "delta"}
+    numeric = {"baseline", "current", "delta", "p"}
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(v.rjust(w) if c in numeric else v.ljust(w)

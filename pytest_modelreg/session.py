@@ -13,11 +13,21 @@ from pathlib import Path
 from .baselines import Baseline, BaselineStore
 from .errors import BaselineError, ModelregError
 from .fingerprint import diff_fingerprints
-from .results import EvalResult
+from .results import EvalResult, SampleOutcome
 from .runner import Evaluator, NullProgress, Progress
 from .settings import Settings
 from .spec import EvalSpec, MetricCheck
-from .verdict import Verdict, judge_metric
+from .stats import Comparison, compare_aggregates, compare_samples
+from .verdict import (
+    CANNOT_COMPARE,
+    INCONCLUSIVE,
+    PASS,
+    REGRESSED,
+    SUSPICIOUS_GAIN,
+    Verdict,
+    fmt,
+    judge_metric,
+)
 
 EvaluatorFactory = Callable[[Settings, Progress], Evaluator]
 
@@ -117,12 +127,24 @@ class ModelregSession:
         mismatch = None
         if baseline is not None and not recorded_now:
             mismatch = diff_fingerprints(baseline.fingerprint, result.fingerprint) or None
+        comparison = None
+        if baseline is not None and not recorded_now and not mismatch \
+                and baseline.value(check.metric) is not None:
+            comparison = compare_with_baseline(result, baseline, check, self.settings.alpha)
         verdict = judge_metric(
             result.task, check, result.metrics[check.metric],
             higher_is_better=result.higher_is_better.get(check.metric, True),
             baseline=None if baseline is None else baseline.value(check.metric),
-            mismatch=mismatch, update=recorded_now, record_hint=record_hint)
-        return replace(verdict, stderr=result.stderr.get(check.metric))
+            mismatch=mismatch, update=recorded_now, record_hint=record_hint,
+            compared=None if comparison is None else describe(comparison, result, baseline, check,
+                                                             self.settings.alpha),
+            strict=self.settings.strict)
+        verdict = replace(verdict, stderr=result.stderr.get(check.metric))
+        if comparison is not None:
+            verdict = replace(verdict, ci_low=comparison.ci[0], ci_high=comparison.ci[1],
+                              p_value=comparison.p_value, n=comparison.n, mde=comparison.mde,
+                              method=comparison.method)
+        return verdict
 
     def checks_for(self, result: EvalResult, checks: list[MetricCheck] | None,
                    defaults: dict[str, object]) -> list[MetricCheck]:
@@ -147,3 +169,73 @@ def baseline_from_result(result: EvalResult) -> Baseline:
         fingerprint=result.fingerprint, n_samples=result.n_samples, settings=settings,
         provenance=result.provenance, samples=result.samples,
     )
+
+
+def doc_key(sample: SampleOutcome) -> str:
+    """Docs are joined on their content (doc, prompt and target), not on their id alone."""
+    return f"{sample.doc_hash}:{sample.prompt_hash}:{sample.target_hash}"
+
+
+def compare_with_baseline(result: EvalResult, baseline: Baseline, check: MetricCheck,
+                          alpha: float) -> Comparison:
+    """Paired on the same docs when both sides have per-sample values whose mean is the metric;
+    otherwise unpaired on the aggregates and their standard errors."""
+    metric = check.metric
+    higher = result.higher_is_better.get(metric, True)
+    base_value = baseline.value(metric) or 0.0
+    tolerance = check.tolerance.allowed_drop(base_value)
+    base = {doc_key(s): s.values[metric] for s in baseline.samples or [] if metric in s.values}
+    cand = {doc_key(s): s.values[metric] for s in result.samples if metric in s.values}
+    if base and cand and _is_mean_of(cand, result.metrics[metric]) \
+            and _is_mean_of(base, base_value) and set(base) & set(cand):
+        return compare_samples(base, cand, higher_is_better=higher, tolerance=tolerance,
+                               alpha=alpha)
+    return compare_aggregates(base_value, baseline.metrics[metric].get("stderr"),
+                              result.metrics[metric], result.stderr.get(metric),
+                              n=result.n_samples, higher_is_better=higher, tolerance=tolerance,
+                              alpha=alpha)
+
+
+def _is_mean_of(values: dict[str, float], aggregate: float) -> bool:
+    """Corpus metrics (BLEU, F1) are not the mean of their per-sample values."""
+    return abs(sum(values.values()) / len(values) - aggregate) < 1e-9
+
+
+_VERDICTS = {"pass": PASS, "regressed": REGRESSED, "inconclusive": INCONCLUSIVE,
+             "suspicious gain": SUSPICIOUS_GAIN, "cannot compare": CANNOT_COMPARE}
+
+
+def describe(comparison: Comparison, result: EvalResult, baseline: Baseline,
+             check: MetricCheck, alpha: float) -> tuple[str, str]:
+    """(verdict, sentence) for the table and the failure message."""
+    metric = check.metric
+    verdict = _VERDICTS[comparison.verdict]
+    before, after = baseline.value(metric) or 0.0, result.metrics[metric]
+    text = f"{metric} {fmt(before)} -> {fmt(after)}: {comparison.summary()}"
+    if verdict == REGRESSED:
+        direction = "fell" if result.higher_is_better.get(metric, True) else "rose"
+        text = (f"{metric} {direction} from {fmt(before)} to {fmt(after)}, more than the tolerated "
+                f"{check.tolerance} at alpha={alpha:g}: {comparison.summary()}")
+        text += flipped_samples(result, baseline, metric)
+    elif verdict == INCONCLUSIVE:
+        text += ("; too few docs to tell a drop from noise: evaluate more docs or set a "
+                 "tolerance (--modelreg-strict fails on this)")
+    same_model = baseline.provenance.get("model", {}).get("sha256")
+    if same_model and same_model == result.provenance.get("model", {}).get("sha256") \
+            and comparison.discordant and sum(comparison.discordant):
+        text += ("; the model's weights are unchanged yet samples flipped: the evaluation is "
+                 "nondeterministic here")
+    return verdict, text
+
+
+def flipped_samples(result: EvalResult, baseline: Baseline, metric: str, shown: int = 5) -> str:
+    """A few docs that were right in the baseline and are wrong now."""
+    before = {doc_key(s): s.values.get(metric) for s in baseline.samples or []}
+    higher = result.higher_is_better.get(metric, True)
+    worse = [s.doc_id for s in result.samples
+             if (old := before.get(doc_key(s))) is not None and metric in s.values
+             and (s.values[metric] < old if higher else s.values[metric] > old)]
+    if not worse:
+        return ""
+    listed = ", ".join(str(d) for d in worse[:shown])
+    return f"; worse on {len(worse)} docs, e.g. doc ids {listed}"

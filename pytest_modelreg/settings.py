@@ -51,6 +51,9 @@ OPTIONS: tuple[Option, ...] = (
            "that ran", is_flag=True),
     Option("modelreg_record_missing", "record a baseline where none exists yet instead of "
            "failing (existing baselines are still compared, never refreshed)", is_flag=True),
+    Option("modelreg_alpha", "one-sided level of the paired test against the baseline", "0.01"),
+    Option("modelreg_strict", "an inconclusive comparison (too few docs to tell) fails the test "
+           "instead of warning (for release gates)", is_flag=True),
     Option("mlflow_tracking_uri", "MLflow tracking URI (default: MLflow's own, a local "
            "mlflow.db)", env_name="MLFLOW_TRACKING_URI"),
     Option("mlflow_experiment", "MLflow experiment of the session runs", "pytest-modelreg",
@@ -94,6 +97,8 @@ class Settings:
     seed: int | None = None
     update: bool = False
     record_missing: bool = False
+    alpha: float = 0.01
+    strict: bool = False
     tracking: TrackingSettings = field(default_factory=lambda: TrackingSettings())
     rootdir: Path = Path(".")
     configured: bool = False  # any option set: the project uses the plugin (header lines)
@@ -148,6 +153,8 @@ def build_settings(
         seed=parse_seed(*text("modelreg_seed")[:2]),
         update=_truthy(update_value),
         record_missing=_truthy(values["modelreg_record_missing"][0]),
+        alpha=parse_alpha(*text("modelreg_alpha")[:2]),
+        strict=_truthy(values["modelreg_strict"][0]),
         tracking=_tracking(text, values),
         configured=configured,
         rootdir=rootdir,
@@ -279,3 +286,14 @@ def parse_seed(value: object, origin: str = "--modelreg-seed") -> int | None:
         return int(str(value))
     except ValueError:
         raise ModelregUsageError(f"{origin}: expected a whole number, got {value!r}") from None
+
+
+def parse_alpha(value: object, origin: str = "--modelreg-alpha") -> float:
+    try:
+        alpha = float(str(value if value is not None else "0.01"))
+    except ValueError:
+        alpha = -1.0
+    if not 0 < alpha < 0.5:
+        raise ModelregUsageError(f"{origin}: {value!r} is not a test level; use a number between "
+                                 "0 and 0.5, e.g. 0.01")
+    return alpha

@@ -18,10 +18,17 @@ NO_BASELINE = "no baseline"
 INCOMPARABLE = "incomparable"
 RECORDED = "recorded"
 INVALID = "invalid"
+INCONCLUSIVE = "inconclusive"
+SUSPICIOUS_GAIN = "suspicious gain"
+CANNOT_COMPARE = "cannot compare"
 
-FAILING = frozenset({REGRESSED, OUT_OF_BOUNDS, NO_BASELINE, INCOMPARABLE, INVALID})
+FAILING = frozenset({REGRESSED, OUT_OF_BOUNDS, NO_BASELINE, INCOMPARABLE, INVALID,
+                     SUSPICIOUS_GAIN})
+# Too little evidence to tell: a warning by default, a failure under --modelreg-strict.
+STRICT_FAILING = frozenset({INCONCLUSIVE, CANNOT_COMPARE})
 # When a metric fails in several ways, the table shows the most fundamental one.
-_PRECEDENCE = (INVALID, INCOMPARABLE, OUT_OF_BOUNDS, REGRESSED, NO_BASELINE, RECORDED, PASS)
+_PRECEDENCE = (INVALID, INCOMPARABLE, OUT_OF_BOUNDS, REGRESSED, SUSPICIOUS_GAIN, NO_BASELINE,
+               CANNOT_COMPARE, INCONCLUSIVE, RECORDED, PASS)
 
 
 @dataclass(frozen=True)
@@ -34,10 +41,18 @@ class Verdict:
     delta: float | None = None
     message: str = ""
     stderr: float | None = None
+    # The comparison with the baseline (see stats.compare_samples), when one was made.
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    n: int | None = None
+    mde: float | None = None
+    method: str | None = None
+    strict: bool = False
 
     @property
     def failed(self) -> bool:
-        return self.verdict in FAILING
+        return self.verdict in FAILING or (self.strict and self.verdict in STRICT_FAILING)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -73,7 +88,8 @@ def compare_with_baseline(metric: str, current: float, baseline: float, *,
 
 def judge_metric(task: str, check: MetricCheck, current: float, *, higher_is_better: bool,
                  baseline: float | None, mismatch: list[str] | None, update: bool,
-                 record_hint: str) -> Verdict:
+                 record_hint: str, compared: tuple[str, str] | None = None,
+                 strict: bool = False) -> Verdict:
     """One metric's verdict against its absolute bounds and its recorded baseline."""
     if not math.isfinite(current):
         return Verdict(task, check.metric, INVALID, current, baseline, None,
@@ -91,13 +107,16 @@ def judge_metric(task: str, check: MetricCheck, current: float, *, higher_is_bet
     elif baseline is None:
         found.append((NO_BASELINE, f"no baseline for {task}/{check.metric}; record it with "
                       f"{record_hint}"))
+    elif compared is not None:  # a statistical comparison made by the caller
+        found.append(compared)
     else:
         found.append(compare_with_baseline(check.metric, current, baseline,
                                            higher_is_better=higher_is_better,
                                            tolerance=check.tolerance))
     verdict = min((v for v, _ in found), key=_PRECEDENCE.index)
-    message = "; ".join(text for v, text in found if v in FAILING) or found[-1][1]
-    return Verdict(task, check.metric, verdict, current, baseline, delta, message)
+    shown = FAILING | (STRICT_FAILING if strict else frozenset())
+    message = "; ".join(text for v, text in found if v in shown) or found[-1][1]
+    return Verdict(task, check.metric, verdict, current, baseline, delta, message, strict=strict)
 
 
 def worst(verdicts: list[str]) -> str | None:

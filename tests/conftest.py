@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import STRONG_NOISE, build_tiny_model, degrade_model, write_tiny_task
+from tests.tiny import SLIGHT_NOISE, STRONG_NOISE, build_tiny_model, degrade_model, write_tiny_task
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -18,6 +18,7 @@ class TinyWorld:
     tasks: Path  # include path with tiny_qa (60 docs) and tiny_qa2 (40 docs)
     good: Path  # trained: accuracy ~1.0 on both tasks
     degraded: Path  # the same weights with strong noise: a real regression
+    slight: Path  # slight noise: about 5 points worse on tiny_big (400 docs)
 
     def ini(self, model: Path | None = None, *, mlflow: bool = False, **extra: str) -> str:
         """An ini file for the tiny world; MLflow stays off unless a test is about it."""
@@ -42,9 +43,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
     tasks.mkdir()
     write_tiny_task(tasks, "tiny_qa", n_docs=60, seed=0)
     write_tiny_task(tasks, "tiny_qa2", n_docs=40, seed=1)
+    write_tiny_task(tasks, "tiny_big", n_docs=400, seed=2)
     good = build_tiny_model(root / "good", seed=0)  # trained on every fact: serves both tasks
     degraded = degrade_model(good, root / "degraded", STRONG_NOISE, seed=0)
-    return TinyWorld(tasks=tasks, good=good, degraded=degraded)
+    slight = degrade_model(good, root / "slight", SLIGHT_NOISE, seed=0)
+    return TinyWorld(tasks=tasks, good=good, degraded=degraded, slight=slight)
 
 
 @pytest.fixture(scope="session")

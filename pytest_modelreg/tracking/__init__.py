@@ -85,8 +85,8 @@ def metrics_of(test: TestRecord) -> dict[str, float]:
         key = metric_key(row["task"], row["metric"])
         if row.get("current") is not None:
             metrics[key] = row["current"]
-        for suffix, value in (("stderr", row.get("stderr")), ("baseline", row.get("baseline")),
-                              ("delta", row.get("delta"))):
+        for suffix in ("stderr", "baseline", "delta", "ci_low", "ci_high", "p_value", "mde"):
+            value = row.get(suffix)
             if value is not None:
                 metrics[f"{key}_{suffix}"] = value
     for evaluation in test.evaluations:

@@ -1,0 +1,61 @@
+"""Verdicts a team can trust, end to end: a slightly damaged model is caught when enough docs
+are evaluated, and reported as underpowered (inconclusive) when too few are."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TinyWorld, dedent
+
+
+def suite(limit: int) -> str:
+    return dedent(f"""
+        import pytest
+
+        @pytest.mark.modelreg(task="tiny_big", metrics=["acc"], limit={limit})
+        def test_big():
+            pass
+    """)
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest("-p", "no:cacheprovider", "-W",
+                              "ignore::pytest.PytestAssertRewriteWarning", *args)
+
+
+def use(pytester: pytest.Pytester, tiny: TinyWorld, model) -> None:
+    pytester.makefile(".ini", pytest=tiny.ini(model))
+
+
+@pytest.mark.parametrize(("limit", "outcome", "row"), [
+    (400, "failed", "*tiny_big*acc*1.0000*0.9*[[]-0.*, -0.*[]]*regressed"),
+    (40, "passed", "*tiny_big*acc*1.0000*inconclusive"),
+])
+def test_slight_damage_caught_with_enough_docs(project: pytest.Pytester, tiny: TinyWorld,
+                                               limit, outcome, row):
+    project.makepyfile(test_big=suite(limit))
+    run(project, "--modelreg-update").assert_outcomes(passed=1)
+    use(project, tiny, tiny.slight)
+    result = run(project)
+    result.assert_outcomes(**{outcome: 1})
+    result.stdout.fnmatch_lines([row])
+    if outcome == "failed":
+        result.stdout.fnmatch_lines(["modelreg: tiny_big: acc fell from 1.0000 to 0.9*, more than "
+                                     "the tolerated 0 at alpha=0.01: delta -0.0* [[]95% CI *], "
+                                     "p=*, n=400, b=* c=0, MDE * (McNemar exact)*; worse on * "
+                                     "docs, e.g. doc ids *"])
+    else:
+        result.stdout.fnmatch_lines(["*inconclusive*"])
+        strict = run(project, "--modelreg-strict")
+        strict.assert_outcomes(failed=1)
+        strict.stdout.fnmatch_lines(["modelreg: tiny_big: acc 1.0000 -> 0.9*: delta *, "
+                                     "n=40, b=* c=0, MDE * (McNemar exact); underpowered: about "
+                                     "* docs needed; too few docs to tell a drop from noise*"])
+
+
+def test_unchanged_model_passes(project: pytest.Pytester):
+    project.makepyfile(test_big=suite(400))
+    run(project, "--modelreg-update").assert_outcomes(passed=1)
+    result = run(project)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*tiny_big*acc*1.0000*1.0000*+0.0000*pass"])
