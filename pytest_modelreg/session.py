@@ -189,11 +189,18 @@ def compare_with_baseline(result: EvalResult, baseline: Baseline, check: MetricC
     if base and cand and _is_mean_of(cand, result.metrics[metric]) \
             and _is_mean_of(base, base_value) and set(base) & set(cand):
         return compare_samples(base, cand, higher_is_better=higher, tolerance=tolerance,
-                               alpha=alpha)
+                               alpha=alpha, clusters=subtask_clusters(result.samples))
     return compare_aggregates(base_value, baseline.metrics[metric].get("stderr"),
                               result.metrics[metric], result.stderr.get(metric),
                               n=result.n_samples, higher_is_better=higher, tolerance=tolerance,
                               alpha=alpha)
+
+
+def subtask_clusters(samples: list[SampleOutcome]) -> dict[str, str] | None:
+    """Docs of a group task (MMLU subjects, say) are clustered by subtask: ``subtask/doc_id``."""
+    clusters = {doc_key(s): str(s.doc_id).rsplit("/", 1)[0] for s in samples
+                if isinstance(s.doc_id, str) and "/" in s.doc_id}
+    return clusters if len(set(clusters.values())) > 1 else None
 
 
 def _is_mean_of(values: dict[str, float], aggregate: float) -> bool:

@@ -26,6 +26,7 @@ CANNOT_COMPARE = "cannot compare"
 
 POWER = 0.8
 EXACT_BELOW = 30  # discordant pairs under which McNemar's exact test replaces the normal one
+MIN_CLUSTERS = 10  # below this a clustered SE is unreliable; docs are treated as independent
 DEFAULT_EFFECT = 0.01  # the drop to size an evaluation for when no tolerance is given (1 point)
 
 
@@ -85,7 +86,9 @@ def _power(se: float, sd: float, tolerance: float, alpha: float) -> tuple[float,
     mde = factor * se
     target = tolerance if tolerance > 0 else DEFAULT_EFFECT
     underpowered = mde > target
-    needed = math.ceil((factor * sd / target) ** 2) if underpowered and sd > 0 else None
+    ratio = factor * sd / target
+    # Past ~1e14 docs (a vanishing tolerance) there is no useful number to give.
+    needed = math.ceil(ratio ** 2) if underpowered and 0 < ratio < 1e7 else None
     return mde, underpowered, needed
 
 
@@ -147,10 +150,13 @@ def compare_samples(baseline: Mapping[Hashable, float], candidate: Mapping[Hasha
     binary = bool(np.isin(base, (0.0, 1.0)).all() and np.isin(cand, (0.0, 1.0)).all())
     discordant = (int((better < 0).sum()), int((better > 0).sum())) if binary else None
     sd = float(better.std(ddof=1)) if n > 1 else 0.0
-    if clusters is not None:
-        se = _clustered_se(better, [clusters.get(k, k) for k in keys])
+    groups = [clusters.get(k, k) for k in keys] if clusters is not None else []
+    if len(set(groups)) >= MIN_CLUSTERS:
+        # Never below the independent-docs SE: a smaller one is an artefact of few clusters.
+        se = max(_clustered_se(better, groups), sd / math.sqrt(n))
         method = "paired-clustered"
     else:
+        clusters = None  # too few clusters for a clustered SE to mean anything
         se = sd / math.sqrt(n) if n > 1 else 0.0
         method = "paired-z"
     mde, underpowered, needed = _power(se, sd, tolerance, alpha)

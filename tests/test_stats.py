@@ -56,12 +56,19 @@ def test_paired_z_hand_computed():
 
 
 def test_clustered_se_hand_computed():
-    baseline = {i: 0.0 for i in range(4)}
-    candidate = {0: 1.0, 1: 1.0, 2: 0.0, 3: -1.0}
-    clusters = {0: "a", 1: "a", 2: "b", 3: "b"}  # centred d: .75 .75 -.25 -1.25
+    # 10 clusters of 2 docs; in each the two differences are equal (+1 or -1): perfectly
+    # correlated within a cluster, so the clustered SE is larger than the independent one.
+    diffs = [1.0, 1.0, -1.0, -1.0] * 5
+    baseline = {i: 0.0 for i in range(20)}
+    candidate = dict(enumerate(diffs))
+    clusters = {i: i // 2 for i in range(20)}
     result = compare_samples(baseline, candidate, clusters=clusters)
     assert result.method == "paired-clustered"
-    assert result.se == pytest.approx(math.sqrt(1.5 ** 2 + 1.5 ** 2) / 4)
+    assert result.se == pytest.approx(math.sqrt(10 * 2.0 ** 2) / 20)  # centred sums: +-2
+    iid = compare_samples(baseline, candidate)
+    assert iid.method == "paired-z" and iid.se < result.se
+    few = compare_samples(baseline, candidate, clusters={i: i % 2 for i in range(20)})
+    assert few.method == "paired-z"  # two clusters cannot carry a clustered SE
 
 
 def test_identical_outcomes_pass_and_tiny_n_is_inconclusive():
