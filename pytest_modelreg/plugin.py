@@ -24,8 +24,8 @@ from .errors import CheckFailed, ModelregError, ModelregUsageError
 from .fixture import TEST_PROPERTY, ModelregFixture, run_marker_checks
 from .progress import TerminalProgress
 from .provenance import git_state
-from .report import markdown_report, write_table
-from .session import ModelregSession
+from .report import holm_summary, markdown_report, write_table
+from .session import ModelregSession, count_planned_checks
 from .settings import OPTIONS, Settings, build_settings
 from .spec import parse_marker
 from .tracking import SessionRecord, SessionTracker, TestRecord
@@ -87,6 +87,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
         session.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Every process (xdist workers too) collects the same items, so all count the same m.
+    config.stash[SESSION_KEY].planned_checks = count_planned_checks(
+        ([m.kwargs.get("metrics") for m in item.iter_markers("modelreg")],
+         "modelreg" in getattr(item, "fixturenames", ())) for item in items)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -251,7 +258,13 @@ class ModelregController:
             if recorded:
                 terminalreporter.write_line(f"modelreg: recorded baselines for "
                                             f"{', '.join(recorded)} in {self.settings.baseline_dir}")
+        self._summarise_correction(terminalreporter)
         self._summarise_tracking(terminalreporter)
+
+    def _summarise_correction(self, terminalreporter: Any) -> None:
+        line = holm_summary(self.collector.rows, self.settings)
+        if line:
+            terminalreporter.write_line(f"modelreg: {line}")
 
     def _summarise_tracking(self, terminalreporter: Any) -> None:
         tracker = self.session_tracker

@@ -72,3 +72,24 @@ def markdown_report(rows: Sequence[Mapping[str, Any]], *, title: str = "pytest-m
     failed = sum(1 for r in rows if r.get("verdict") in FAILING)
     summary = f"{len(rows)} metric checks, {failed} failing" if rows else "no metric checks"
     return f"# {title}\n\n{summary}\n\n{markdown_table(rows) if rows else ''}"
+
+
+def holm_summary(rows: Sequence[Mapping[str, Any]], settings: Any) -> str | None:
+    """One line on the multiple-comparison correction, with the full Holm step-down."""
+    from .stats import holm
+
+    tested = [r for r in rows if r.get("p_value") is not None]
+    if not tested:
+        return None
+    if settings.correction == "none":
+        return f"{len(tested)} baseline checks at alpha={settings.alpha:g} each (no correction)"
+    rejected = holm([r["p_value"] for r in tested], settings.alpha)
+    decided = sum(1 for r in tested if r.get("verdict") == "regressed")
+    line = (f"Holm-Bonferroni over {len(tested)} baseline checks at alpha={settings.alpha:g}: "
+            f"{sum(rejected)} regression(s)")
+    if sum(rejected) > decided:
+        extra = [f"{r['task']}/{r['metric']}" for r, hit in zip(tested, rejected, strict=True)
+                 if hit and r.get("verdict") != "regressed"]
+        line += (f"; the full step-down also rejects {', '.join(extra)}, which the per-test "
+                 f"level (alpha/m) did not fail")
+    return line

@@ -6,7 +6,7 @@ One instance lives in ``config.stash``; it never sees pytest objects, so it is t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -51,6 +51,19 @@ class ModelregSession:
         self._fingerprints: dict[str, tuple[EvalSpec, dict[str, object]]] = {}
         self.recorded: set[str] = set()  # baseline names written in this session
         self.artifact_dir: Path | None = None  # set by the plugin when a tracker wants files
+        self.planned_checks = 1  # baseline checks in the session, counted at collection
+
+    @property
+    def test_alpha(self) -> float:
+        """The level each check is decided at while the session runs.
+
+        With Holm, a check whose p-value is below alpha/m is a rejection whatever the other
+        p-values are (it passes Holm's first step), so deciding at alpha/m never rejects more
+        than Holm would; the full step-down is applied to all p-values in the summary.
+        """
+        if self.settings.correction == "holm":
+            return self.settings.alpha / max(self.planned_checks, 1)
+        return self.settings.alpha
 
     @property
     def evaluator(self) -> Evaluator:
@@ -130,14 +143,14 @@ class ModelregSession:
         comparison = None
         if baseline is not None and not recorded_now and not mismatch \
                 and baseline.value(check.metric) is not None:
-            comparison = compare_with_baseline(result, baseline, check, self.settings.alpha)
+            comparison = compare_with_baseline(result, baseline, check, self.test_alpha)
         verdict = judge_metric(
             result.task, check, result.metrics[check.metric],
             higher_is_better=result.higher_is_better.get(check.metric, True),
             baseline=None if baseline is None else baseline.value(check.metric),
             mismatch=mismatch, update=recorded_now, record_hint=record_hint,
             compared=None if comparison is None else describe(comparison, result, baseline, check,
-                                                             self.settings.alpha),
+                                                             self.test_alpha),
             strict=self.settings.strict)
         verdict = replace(verdict, stderr=result.stderr.get(check.metric))
         if comparison is not None:
@@ -246,3 +259,18 @@ def flipped_samples(result: EvalResult, baseline: Baseline, metric: str, shown: 
         return ""
     listed = ", ".join(str(d) for d in worse[:shown])
     return f"; worse on {len(worse)} docs, e.g. doc ids {listed}"
+
+
+def count_planned_checks(tests: Iterable[tuple[list[object], bool]]) -> int:
+    """The session's baseline checks, from each test's marker ``metrics`` and fixture use.
+
+    A marker without ``metrics=`` counts one check per marker and a fixture test one, as the
+    task's metrics are only known once it has run.
+    """
+    total = 0
+    for markers, uses_fixture in tests:
+        for metrics in markers:
+            total += len(metrics) if isinstance(metrics, (list, tuple, dict)) and metrics else 1
+        if uses_fixture and not markers:
+            total += 1
+    return max(total, 1)

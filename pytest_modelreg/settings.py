@@ -52,6 +52,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("modelreg_record_missing", "record a baseline where none exists yet instead of "
            "failing (existing baselines are still compared, never refreshed)", is_flag=True),
     Option("modelreg_alpha", "one-sided level of the paired test against the baseline", "0.01"),
+    Option("modelreg_correction", "multiple-comparison correction across the session's "
+           "baseline checks: holm or none", "holm"),
     Option("modelreg_strict", "an inconclusive comparison (too few docs to tell) fails the test "
            "instead of warning (for release gates)", is_flag=True),
     Option("mlflow_tracking_uri", "MLflow tracking URI (default: MLflow's own, a local "
@@ -98,6 +100,7 @@ class Settings:
     update: bool = False
     record_missing: bool = False
     alpha: float = 0.01
+    correction: str = "holm"
     strict: bool = False
     tracking: TrackingSettings = field(default_factory=lambda: TrackingSettings())
     rootdir: Path = Path(".")
@@ -155,6 +158,7 @@ def build_settings(
         record_missing=_truthy(values["modelreg_record_missing"][0]),
         alpha=parse_alpha(*text("modelreg_alpha")[:2]),
         strict=_truthy(values["modelreg_strict"][0]),
+        correction=parse_correction(*text("modelreg_correction")[:2]),
         tracking=_tracking(text, values),
         configured=configured,
         rootdir=rootdir,
@@ -297,3 +301,10 @@ def parse_alpha(value: object, origin: str = "--modelreg-alpha") -> float:
         raise ModelregUsageError(f"{origin}: {value!r} is not a test level; use a number between "
                                  "0 and 0.5, e.g. 0.01")
     return alpha
+
+
+def parse_correction(value: str | None, origin: str = "--modelreg-correction") -> str:
+    correction = (value or "holm").lower()
+    if correction not in ("holm", "none"):
+        raise ModelregUsageError(f"{origin}: {value!r} is not a correction; use holm or none")
+    return correction

@@ -59,3 +59,34 @@ def test_unchanged_model_passes(project: pytest.Pytester):
     result = run(project)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*tiny_big*acc*1.0000*1.0000*+0.0000*pass"])
+
+
+def test_holm_across_the_session(project: pytest.Pytester, tiny: TinyWorld):
+    project.makepyfile(test_many=dedent("""
+        import pytest
+
+        @pytest.mark.modelreg(task="tiny_big", metrics=["acc"])
+        def test_big(): pass
+
+        @pytest.mark.modelreg(task="tiny_qa", metrics=["acc", "acc_norm"])
+        def test_qa(): pass
+    """))
+    run(project, "--modelreg-update").assert_outcomes(passed=2)
+    use(project, tiny, tiny.slight)
+    result = run(project)
+    result.assert_outcomes(failed=1, passed=1)
+    # three planned checks: each is decided at 0.01 / 3
+    result.stdout.fnmatch_lines(["modelreg: tiny_big: acc fell from * at alpha=0.00333*",
+                                 "modelreg: Holm-Bonferroni over 3 baseline checks at alpha=0.01: "
+                                 "1 regression(s)"])
+    plain = run(project, "--modelreg-correction", "none")
+    plain.stdout.fnmatch_lines(["*at alpha=0.01:*",
+                                "modelreg: 3 baseline checks at alpha=0.01 each (no correction)"])
+
+
+def test_count_planned_checks():
+    from pytest_modelreg.session import count_planned_checks
+
+    assert count_planned_checks([([["acc", "acc_norm"]], False), ([None], False),
+                                 ([], True), ([{"acc": {}}], True), ([], False)]) == 5
+    assert count_planned_checks([]) == 1
