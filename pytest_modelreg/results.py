@@ -20,15 +20,16 @@ class SampleOutcome:
     prompt_hash: str
     target_hash: str
     values: dict[str, float]
+    prompt: str = ""  # the start of the prompt, so a person can find the doc in a diff
 
     def to_dict(self) -> dict[str, Any]:
         return {"doc_id": self.doc_id, "doc_hash": self.doc_hash, "prompt_hash": self.prompt_hash,
-                "target_hash": self.target_hash, "values": self.values}
+                "target_hash": self.target_hash, "values": self.values, "prompt": self.prompt}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SampleOutcome:
         return cls(data["doc_id"], data["doc_hash"], data["prompt_hash"], data["target_hash"],
-                   {k: float(v) for k, v in data["values"].items()})
+                   {k: float(v) for k, v in data["values"].items()}, str(data.get("prompt", "")))
 
 
 BaselineJudge = Callable[["EvalResult", MetricCheck], Verdict]

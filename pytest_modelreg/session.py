@@ -166,7 +166,7 @@ class ModelregSession:
             from .spec import parse_checks
 
             checks = parse_checks(sorted(result.metrics), defaults, result.task) or []
-        return [MetricCheck(result.resolve_metric(c.metric), c.min, c.max, c.tolerance)
+        return [MetricCheck(result.resolve_metric(c.metric), c.min, c.max, c.tolerance, c.max_gain)
                 for c in checks]
 
 
@@ -202,11 +202,12 @@ def compare_with_baseline(result: EvalResult, baseline: Baseline, check: MetricC
     if base and cand and _is_mean_of(cand, result.metrics[metric]) \
             and _is_mean_of(base, base_value) and set(base) & set(cand):
         return compare_samples(base, cand, higher_is_better=higher, tolerance=tolerance,
-                               alpha=alpha, clusters=subtask_clusters(result.samples))
+                               alpha=alpha, clusters=subtask_clusters(result.samples),
+                               max_gain=check.max_gain)
     return compare_aggregates(base_value, baseline.metrics[metric].get("stderr"),
                               result.metrics[metric], result.stderr.get(metric),
                               n=result.n_samples, higher_is_better=higher, tolerance=tolerance,
-                              alpha=alpha)
+                              alpha=alpha, max_gain=check.max_gain)
 
 
 def subtask_clusters(samples: list[SampleOutcome]) -> dict[str, str] | None:
@@ -252,12 +253,13 @@ def flipped_samples(result: EvalResult, baseline: Baseline, metric: str, shown: 
     """A few docs that were right in the baseline and are wrong now."""
     before = {doc_key(s): s.values.get(metric) for s in baseline.samples or []}
     higher = result.higher_is_better.get(metric, True)
-    worse = [s.doc_id for s in result.samples
+    worse = [s for s in result.samples
              if (old := before.get(doc_key(s))) is not None and metric in s.values
              and (s.values[metric] < old if higher else s.values[metric] > old)]
     if not worse:
         return ""
-    listed = ", ".join(str(d) for d in worse[:shown])
+    listed = ", ".join(f"{s.doc_id} ({s.prompt!r})" if s.prompt else str(s.doc_id)
+                       for s in worse[:shown])
     return f"; worse on {len(worse)} docs, e.g. doc ids {listed}"
 
 

@@ -26,9 +26,9 @@ EVAL_ARGS = (
     "apply_chat_template", "fewshot_as_multiturn", "system_instruction", "seed",
     "bootstrap_iters", "baseline",
 )
-CHECK_ARGS = ("metrics", "min", "max", "tolerance")
+CHECK_ARGS = ("metrics", "min", "max", "tolerance", "max_gain")
 MARKER_ARGS = ("task", *CHECK_ARGS, *EVAL_ARGS)
-THRESHOLD_KEYS = ("min", "max", "tolerance")
+THRESHOLD_KEYS = ("min", "max", "tolerance", "max_gain")
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ class MetricCheck:
     min: float | None = None
     max: float | None = None
     tolerance: Tolerance = field(default_factory=Tolerance)
+    max_gain: float | None = None  # a larger improvement is suspicious (a broken evaluation?)
 
 
 def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -127,14 +128,17 @@ def _check(metric: str, bounds: Mapping[str, object], defaults: Mapping[str, obj
     if unknown:
         raise ModelregUsageError(
             f"{where}: unknown threshold {unknown[0]!r} for metric {metric!r}"
-            f"{suggest(unknown[0], THRESHOLD_KEYS)}; use min, max or tolerance"
+            f"{suggest(unknown[0], THRESHOLD_KEYS)}; use min, max, tolerance or max_gain"
         )
     merged = {**defaults, **bounds}
     low = parse_threshold("min", merged.get("min"), where)
     high = parse_threshold("max", merged.get("max"), where)
     if low is not None and high is not None and low > high:
         raise ModelregUsageError(f"{where}: min {low:g} is above max {high:g} for {metric!r}")
-    return MetricCheck(metric, low, high, parse_tolerance(merged.get("tolerance"), where))
+    gain = parse_threshold("max_gain", merged.get("max_gain"), where)
+    if gain is not None and gain <= 0:
+        raise ModelregUsageError(f"{where}: max_gain must be a gain > 0, got {gain:g}")
+    return MetricCheck(metric, low, high, parse_tolerance(merged.get("tolerance"), where), gain)
 
 
 def parse_checks(metrics: object, defaults: Mapping[str, object], where: str) -> list[MetricCheck] | None:

@@ -68,3 +68,14 @@ def test_subtask_clusters():
     assert subtask_clusters(samples) == {"d0:p:t": "s0", "d1:p:t": "s1", "d2:p:t": "s0",
                                          "d3:p:t": "s1"}
     assert subtask_clusters([SampleOutcome(1, "d", "p", "t", {})]) is None
+
+
+def test_suspicious_gain_fails(tmp_path: Path):
+    recorder, _ = session(tmp_path, [0.0] * 100 + [1.0] * 100, update=True)
+    result, _ = recorder.evaluate(SPEC)
+    recorder.judge(result, MetricCheck("acc"), "hint")
+    better, _ = session(tmp_path, [1.0] * 200)
+    result, _ = better.evaluate(SPEC)
+    assert better.judge(result, MetricCheck("acc"), "hint").verdict == "pass"
+    verdict = better.judge(result, MetricCheck("acc", max_gain=0.1), "hint")
+    assert verdict.verdict == "suspicious gain" and verdict.failed

@@ -57,6 +57,7 @@ def test_seed_overrides_all_four():
     ({"task": "piqa", "tolerance": -1}, "tolerance must be a drop >= 0"),
     ({"task": "piqa", "tolerance": "two%"}, "tolerance"),
     ({"task": "piqa", "metrics": {"acc": {"minimum": 1}}}, "unknown threshold 'minimum'"),
+    ({"task": "piqa", "max_gain": -0.1}, "max_gain must be a gain > 0"),
     ({"task": "piqa", "metrics": 3}, "metrics must be"),
     ({"task": "piqa", "metrics": []}, "metrics is empty"),
     ({"task": "piqa", "limit": 0}, "limit"),

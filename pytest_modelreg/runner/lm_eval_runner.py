@@ -234,6 +234,7 @@ def _sample_outcomes(samples: dict[str, list[dict[str, Any]]],
                 "prompt_hash": str(sample.get("prompt_hash", ""))[:_HASH_CHARS],
                 "target_hash": str(sample.get("target_hash", ""))[:_HASH_CHARS],
                 "values": {},
+                "prompt": _prompt_start(sample.get("arguments")),
             })
             for metric in sample.get("metrics", []):
                 value = _number(sample.get(metric))
@@ -242,6 +243,17 @@ def _sample_outcomes(samples: dict[str, list[dict[str, Any]]],
                 name = metric if filters.get(metric, 1) == 1 else f"{metric},{sample['filter']}"
                 entry["values"][name] = value
     return [SampleOutcome(**entry) for _, entry in sorted(merged.items(), key=_doc_order)]
+
+
+def _prompt_start(arguments: Any, length: int = 60) -> str:
+    """The first words of a doc's prompt (lm-eval logs each request's arguments)."""
+    try:
+        first = arguments[0]
+        text = first[0] if isinstance(first, (list, tuple)) else first
+    except (TypeError, IndexError, KeyError):
+        return ""
+    text = " ".join(str(text).split())
+    return text if len(text) <= length else text[: length - 3] + "..."
 
 
 def _doc_order(item: tuple[tuple[str, Any], dict[str, Any]]) -> tuple[str, int, str]:
