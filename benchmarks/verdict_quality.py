@@ -1,141 +1,267 @@
-"""Verdict quality: false alarms on an unchanged model and detection of real drops, for our
-paired rule and for the fixed rules teams use instead.
+"""How often does each regression rule cry wolf, and how often does it catch a real drop?
 
 Run from the repository root:  python benchmarks/verdict_quality.py
 
-Starting point: real per-question outcomes of a GPT-3 model on GSM8K (the GSM8K paper's
-``example_model_solutions.jsonl`` in ../shared/data). A "candidate" is that model's outcomes
-with evaluation noise (a share r of the right answers turn wrong and as many wrong ones turn
-right, in expectation) and, for a true drop, a number of right answers turned wrong. Each cell
-is the share of trials that a rule calls a regression. Rules (one-sided at alpha = 0.01 where
-statistical):
+Starts from REAL per-question outcomes (GSM8K, one GPT-3 model, 1,319 questions, from
+shared/data/gsm8k/example_model_solutions.jsonl) and simulates, at n = 100, 500 and 1,319
+questions (subsampled) and per-sample evaluation noise of 1, 3 and 5 % (each answer of each run
+flips right <-> wrong with that probability, independently in baseline and candidate):
 
-- paired (ours): ``compare_samples`` on the same questions, tolerance 0;
-- unpaired z: (acc_c - acc_b) / sqrt(se_b^2 + se_c^2) < -z_0.99;
-- relative 8 %: acc_c < acc_b * 0.92 (vLLM's CI default);
-- absolute 2 points: acc_c < acc_b - 0.02.
+- false alarms: an unchanged model ("regressed" only; inconclusive is not an alarm);
+- detection: a true drop of 1, 2 and 5 points (that many right answers made wrong, plus the
+  noise), and of one and 1.25 MDE: the minimum detectable effect our rule reports for such a
+  drop (found by fixed-point iteration, since the drop's own flips widen the SE), aimed at the
+  measured drop (noise shrinks a true drop by 1 - 2 * flips). By definition an MDE has 80 %
+  power; 1.25 MDE has about 95 % at alpha = 0.01.
+
+Rules side by side: ours (``compare_samples``, alpha = 0.01, tolerance 0), a relative drop of
+more than 8 %, an absolute drop of more than 2 points, and the unpaired z test at the same
+alpha (``compare_aggregates`` with the binomial standard errors). Then the verdicts for the real
+model pairs in the file, and a markdown version of the table for the README.
+Goals: false alarms <= alpha; detection >= 95 % for a drop of one MDE.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import binomtest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pytest_modelreg import compare_samples  # noqa: E402
+
+from pytest_modelreg.stats import Comparison, compare_aggregates, compare_samples  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "gsm8k" / "example_model_solutions.jsonl"
 MODELS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
-BASE_MODEL = "175b_verification"
-ALPHA = 0.01
-TRIALS = 300
-SIZES = (100, 500, 1319)
-NOISE = (0.01, 0.03, 0.05)
+SIMULATED = "175b_verification"  # 56 % right: the outcomes the simulation starts from
+NS = (100, 500, 1319)
+FLIP_RATES = (0.01, 0.03, 0.05)
 DROPS = (0.01, 0.02, 0.05)
-DROP_NOISE = 0.03
-Z = 2.3263478740408408  # z_0.99
+MDE_MULTIPLES = (1.0, 1.25)
+TRIALS = 400
+NULL_TRIALS = 1200  # false alarms are judged against alpha = 1 %: they need more trials
+MDE_TRIALS = 60  # per fixed-point step when sizing the one-MDE drop
+ALPHA = 0.01
+SEED = 20241129
+RULES = ("ours", "rel -8%", "abs -2pt", "unpaired z")
 
 
-def load() -> dict[str, np.ndarray]:
-    rows = [json.loads(line) for line in DATA.read_text().splitlines()]
-    return {m: np.array([float(r[m]["is_correct"]) for r in rows]) for m in MODELS}
+def load_outcomes() -> dict[str, np.ndarray]:
+    """Per model, a bool per question: was its final answer right?"""
+    if not DATA.exists():
+        raise SystemExit(f"real outcomes not found: {DATA}")
+    rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+    return {m: np.array([bool(r[m]["is_correct"]) for r in rows]) for m in MODELS}
 
 
-def flip(outcomes: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Evaluation noise that leaves the expected accuracy unchanged: a share ``rate`` of the
-    right answers turn wrong and as many wrong ones, in expectation, turn right. (Flipping every
-    answer with the same probability would move accuracy towards 50 % - a real change.)"""
-    accuracy = outcomes.mean()
-    if accuracy in (0.0, 1.0):
-        return outcomes
-    to_wrong = rate
-    to_right = rate * accuracy / (1 - accuracy)
-    chance = np.where(outcomes == 1.0, to_wrong, to_right)
-    return np.where(rng.random(len(outcomes)) < chance, 1.0 - outcomes, outcomes)
+def binomial_se(right: np.ndarray) -> float:
+    """lm-eval's stderr of a 0/1 mean: sample sd / sqrt(n)."""
+    return float(right.std(ddof=1) / math.sqrt(len(right))) if len(right) > 1 else float("nan")
 
 
-def drop(outcomes: np.ndarray, points: float, rng: np.random.Generator) -> np.ndarray:
-    right = np.flatnonzero(outcomes == 1.0)
-    lost = rng.choice(right, size=min(len(right), round(points * len(outcomes))), replace=False)
-    worse = outcomes.copy()
-    worse[lost] = 0.0
+@dataclass(frozen=True)
+class Calls:
+    """Every rule's call on one baseline/candidate pair."""
+
+    ours: Comparison
+    unpaired: Comparison
+    relative: bool  # dropped by more than 8 % of the baseline
+    absolute: bool  # dropped by more than 2 points
+
+    def regressed(self) -> dict[str, bool]:
+        return {"ours": self.ours.verdict == "regressed", "rel -8%": self.relative,
+                "abs -2pt": self.absolute, "unpaired z": self.unpaired.verdict == "regressed"}
+
+
+def verdicts(keys: list[int], base: np.ndarray, cand: np.ndarray) -> Calls:
+    """Every rule's call on one baseline/candidate pair of 0/1 outcome arrays."""
+    ours = compare_samples(dict(zip(keys, base.astype(float).tolist(), strict=True)),
+                           dict(zip(keys, cand.astype(float).tolist(), strict=True)), alpha=ALPHA)
+    acc_b, acc_c = float(base.mean()), float(cand.mean())
+    unpaired = compare_aggregates(acc_b, binomial_se(base), acc_c, binomial_se(cand),
+                                  n=len(keys), alpha=ALPHA)
+    return Calls(ours, unpaired, acc_c < acc_b * 0.92, acc_b - acc_c > 0.02)
+
+
+def flip(right: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """One noisy evaluation run: each answer flips right <-> wrong with probability ``rate``."""
+    return right ^ (rng.random(len(right)) < rate)
+
+
+def degrade(right: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """A truly worse model: ``count`` right answers made wrong."""
+    worse = right.copy()
+    hits = np.flatnonzero(right)
+    worse[rng.choice(hits, size=min(count, len(hits)), replace=False)] = False
     return worse
 
 
-def rules(base: np.ndarray, cand: np.ndarray) -> dict[str, bool]:
-    acc_b, acc_c, n = base.mean(), cand.mean(), len(base)
-    se = np.sqrt(acc_b * (1 - acc_b) / n + acc_c * (1 - acc_c) / n)
-    paired = compare_samples(dict(enumerate(base)), dict(enumerate(cand)), alpha=ALPHA)
-    return {
-        "paired (ours)": paired.regressed,
-        "unpaired z": bool(se > 0 and (acc_c - acc_b) / se < -Z),
-        "relative 8 %": bool(acc_c < acc_b * 0.92),
-        "absolute 2 pts": bool(acc_c < acc_b - 0.02),
-    }
+def simulate(truth: np.ndarray, n: int, rate: float, drop_for: int, rng: np.random.Generator,
+             trials: int = TRIALS) -> tuple[dict[str, float], list[Comparison]]:
+    """Share of trials each rule calls "regressed" when ``drop_for`` answers got worse."""
+    hits = dict.fromkeys(RULES, 0)
+    comparisons = []
+    for _ in range(trials):
+        docs = rng.choice(len(truth), size=n, replace=False)
+        right = truth[docs]
+        keys = docs.tolist()
+        base = flip(right, rate, rng)
+        cand = flip(degrade(right, drop_for, rng) if drop_for else right, rate, rng)
+        called = verdicts(keys, base, cand)
+        for rule, regressed in called.regressed().items():
+            hits[rule] += regressed
+        comparisons.append(called.ours)
+    return {rule: hits[rule] / trials for rule in RULES}, comparisons
 
 
-def rate(make_candidate, n: int, full: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
-    hits: dict[str, int] = {}
-    for _ in range(TRIALS):
-        base = full[rng.choice(len(full), size=n, replace=False)] if n < len(full) else full
-        for name, alarm in rules(base, make_candidate(base)).items():
-            hits[name] = hits.get(name, 0) + alarm
-    return {name: count / TRIALS for name, count in hits.items()}
+@dataclass
+class Row:
+    """One (n, flip rate) cell: per scenario, the share of trials each rule called regressed."""
+
+    n: int
+    rate: float
+    mde: float = float("nan")  # median MDE our rule reports for a one-MDE drop
+    inconclusive: float = float("nan")  # our rule on the unchanged model
+    rates: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def paired_mde(n: int, full: np.ndarray, rng: np.random.Generator) -> float:
-    """Our rule's MDE for this n under the benchmark's noise, from one unchanged trial."""
-    base = full[rng.choice(len(full), size=n, replace=False)] if n < len(full) else full
-    return compare_samples(dict(enumerate(base)), dict(enumerate(flip(base, DROP_NOISE, rng))),
-                           alpha=ALPHA).mde
+SCENARIOS = ("false alarm", "-1 pt", "-2 pt", "-5 pt", "-1 MDE", "-1.25 MDE")
+
+
+def one_mde_drop(truth: np.ndarray, n: int, rate: float, start: float,
+                 rng: np.random.Generator) -> tuple[int, float]:
+    """(answers to degrade, reported MDE) such that the measured drop equals the MDE our rule
+    reports for it: a drop adds discordant pairs, so the MDE seen under the drop is larger than
+    the one seen on an unchanged model."""
+    def count_for(mde: float) -> int:
+        return max(1, round(mde * n / (1 - 2 * rate)))
+
+    count, mde = count_for(start), start
+    for _ in range(8):
+        _, comparisons = simulate(truth, n, rate, count, rng, trials=MDE_TRIALS)
+        mde = float(np.nanmedian([c.mde for c in comparisons]))
+        if count_for(mde) == count:
+            break
+        count = count_for(mde)
+    return count, mde
+
+
+def run_grid(truth: np.ndarray) -> list[Row]:
+    """One row per (n, flip rate): false alarms and detection rates of every rule."""
+    rng = np.random.default_rng(SEED)
+    rows = []
+    for n, rate in itertools.product(NS, FLIP_RATES):
+        row = Row(n, rate)
+        row.rates["false alarm"], comparisons = simulate(truth, n, rate, 0, rng, NULL_TRIALS)
+        row.inconclusive = sum(c.verdict == "inconclusive" for c in comparisons) / NULL_TRIALS
+        for drop in DROPS:
+            row.rates[f"-{drop * 100:g} pt"] = simulate(truth, n, rate, round(drop * n), rng)[0]
+        null_mde = float(np.nanmedian([c.mde for c in comparisons]))
+        count, row.mde = one_mde_drop(truth, n, rate, null_mde, rng)
+        for multiple in MDE_MULTIPLES:
+            scaled = max(1, round(multiple * count))
+            row.rates[f"-{multiple:g} MDE"] = simulate(truth, n, rate, scaled, rng)[0]
+        rows.append(row)
+        print(f"  n={n:>5} flips={rate:.0%}: done", flush=True)
+    return rows
+
+
+def cell(rates: dict[str, float], digits: int) -> str:
+    return " / ".join(f"{100 * rates[rule]:.{digits}f}" for rule in RULES)
+
+
+def print_console(rows: list[Row]) -> None:
+    print(f"\nRegressed calls, % of trials ({NULL_TRIALS} for false alarms, {TRIALS} otherwise): "
+          f"{' / '.join(RULES)}")
+    header = f"{'n':>5} {'flips':>5} {'MDE pt':>6} " + " ".join(f"{s:>25}" for s in SCENARIOS)
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        cells = " ".join(f"{cell(row.rates[s], 1):>25}" for s in SCENARIOS)
+        print(f"{row.n:>5} {row.rate:>5.0%} {100 * row.mde:>6.2f} {cells}")
+    print("\nOur rule on the unchanged model, share 'inconclusive' (with T = 0 only a significant "
+          "gain or identical outcomes pass):")
+    print("  " + ", ".join(f"n={r.n}/{r.rate:.0%}: {r.inconclusive:.0%}" for r in rows))
+
+
+def judge_goals(rows: list[Row]) -> list[str]:
+    """Plain statements of which goals are met, with Monte Carlo error taken into account."""
+    lines = []
+    over = [row for row in rows if row.rates["false alarm"]["ours"] > ALPHA]
+    if not over:
+        lines.append(f"MET: our false-alarm rate is <= alpha = {ALPHA:.0%} in every cell.")
+    for row in over:
+        share = row.rates["false alarm"]["ours"]
+        p = binomtest(round(share * NULL_TRIALS), NULL_TRIALS, ALPHA, alternative="greater").pvalue
+        status = "NOT MET" if p < 0.05 else "above alpha, within Monte Carlo error"
+        lines.append(f"{status}: our false-alarm rate is {share:.1%} at n={row.n}, flips "
+                     f"{row.rate:.0%} (one-sided binomial p = {p:.2f} for 'rate <= {ALPHA:.0%}', "
+                     f"{NULL_TRIALS} trials).")
+    low = [row.rates["-1 MDE"]["ours"] for row in rows if row.rates["-1 MDE"]["ours"] < 0.95]
+    if not low:
+        lines.append("MET: detection >= 95 % for a drop of one MDE in every cell.")
+    else:
+        lines.append(f"NOT MET: detection of a one-MDE drop is below 95 % in {len(low)} of "
+                     f"{len(rows)} cells ({', '.join(f'{s:.0%}' for s in low)}). The MDE is "
+                     "defined at 80 % power, so about 80 % is what it promises; 95 % needs about "
+                     "1.25 MDE (next column). McNemar's exact test, used below 30 discordant "
+                     "pairs, is conservative, which costs power at small n.")
+    return lines
+
+
+def print_real_pairs(outcomes: dict[str, np.ndarray]) -> None:
+    keys = list(range(len(outcomes[MODELS[0]])))
+    print(f"\nReal model pairs, all {len(keys)} GSM8K test questions (candidate replaces baseline):")
+    print(f"{'baseline':>18} {'candidate':>18} {'acc b':>6} {'acc c':>6} {'lost':>5} {'gained':>6}"
+          f" {'ours':>13} {'method':>14} {'p':>8} {'unpaired z':>13} {'rel -8%':>8} "
+          f"{'abs -2pt':>8}")
+    for base_model, cand_model in itertools.permutations(MODELS, 2):
+        called = verdicts(keys, outcomes[base_model], outcomes[cand_model])
+        ours, unpaired = called.ours, called.unpaired
+        lost, gained = ours.discordant or (-1, -1)
+        print(f"{base_model:>18} {cand_model:>18} {outcomes[base_model].mean():>6.3f} "
+              f"{outcomes[cand_model].mean():>6.3f} {lost:>5} {gained:>6} {ours.verdict:>13} "
+              f"{ours.method:>14} {ours.p_value:>8.2g} {unpaired.verdict:>13} "
+              f"{called.relative!s:>8} {called.absolute!s:>8}")
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = [f"Share of simulated trials called **regressed**, in %, as *ours / relative −8 % / "
+             f"absolute −2 pt / unpaired z* (alpha = {ALPHA}, tolerance 0; {NULL_TRIALS} trials "
+             f"for false alarms, {TRIALS} for drops). Start: real per-question outcomes of "
+             "GPT-3 175B (verifier) on GSM8K; noise: each answer flips with the given "
+             "probability in each run. MDE: what our rule reports for a drop of that size.",
+             "",
+             "| n | flips | MDE (pt) | false alarm | −1 pt | −2 pt | −5 pt | −1 MDE | −1.25 MDE |",
+             "|---:|---:|---:|---|---|---|---|---|---|"]
+    for row in rows:
+        cells = " | ".join(cell(row.rates[s], 1 if s == "false alarm" else 0) for s in SCENARIOS)
+        lines.append(f"| {row.n} | {row.rate:.0%} | {100 * row.mde:.1f} | {cells} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
-    if not DATA.exists():
-        raise SystemExit(f"needs the GSM8K outcomes at {DATA}")
     start = time.perf_counter()
-    outcomes = load()
-    full = outcomes[BASE_MODEL]
-    rng = np.random.default_rng(0)
-    rows: list[tuple[str, int, dict[str, float]]] = []
-    for n in SIZES:
-        for noise in NOISE:
-            rows.append((f"false alarms, {noise:.0%} flips", n,
-                         rate(lambda b, r=noise: flip(b, r, rng), n, full, rng)))
-        for points in DROPS:
-            rows.append((f"detects a {points * 100:.0f}-point drop", n,
-                         rate(lambda b, p=points: flip(drop(b, p, rng), DROP_NOISE, rng), n, full,
-                              rng)))
-        mde = paired_mde(n, full, rng)
-        rows.append((f"detects a drop of one MDE ({mde * 100:.1f} pts)", n,
-                     rate(lambda b, p=mde: flip(drop(b, p, rng), DROP_NOISE, rng), n, full, rng)))
-    names = list(rows[0][2])
-    print(f"Verdict quality on GSM8K outcomes of {BASE_MODEL} ({TRIALS} trials per cell, "
-          f"alpha = {ALPHA}, drops with {DROP_NOISE:.0%} flip noise)\n")
-    header = f"{'scenario':<40} {'n':>5}  " + "  ".join(f"{n:>14}" for n in names)
-    print(header)
-    print("-" * len(header))
-    for label, n, result in rows:
-        print(f"{label:<40} {n:>5}  " + "  ".join(f"{result[k]:>14.1%}" for k in names))
-    print("\nReal model pairs (candidate vs baseline, all 1,319 questions):")
-    for base_name in MODELS:
-        for cand_name in MODELS:
-            if base_name != cand_name:
-                result = compare_samples(dict(enumerate(outcomes[base_name])),
-                                         dict(enumerate(outcomes[cand_name])), alpha=ALPHA)
-                print(f"  {cand_name:>18} vs {base_name:<18} {result.verdict:<12} "
-                      f"{result.summary()}")
-    print("\nMarkdown:\n")
-    print("| scenario | n | " + " | ".join(names) + " |")
-    print("|---|---:|" + "---:|" * len(names))
-    for label, n, result in rows:
-        print(f"| {label} | {n} | " + " | ".join(f"{result[k]:.1%}" for k in names) + " |")
-    print(f"\n({time.perf_counter() - start:.0f} s)")
+    outcomes = load_outcomes()
+    print(f"Simulating from {SIMULATED} ({outcomes[SIMULATED].mean():.1%} right), "
+          f"{TRIALS} trials per cell, seed {SEED}")
+    rows = run_grid(outcomes[SIMULATED])
+    print_console(rows)
+    print()
+    for line in judge_goals(rows):
+        print(line)
+    print_real_pairs(outcomes)
+    print("\nMarkdown (for the README):\n")
+    print(markdown(rows))
+    print(f"\nRuntime: {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -232,11 +232,12 @@ def describe(comparison: Comparison, result: EvalResult, baseline: Baseline,
     metric = check.metric
     verdict = _VERDICTS[comparison.verdict]
     before, after = baseline.value(metric) or 0.0, result.metrics[metric]
-    text = f"{metric} {fmt(before)} -> {fmt(after)}: {comparison.summary()}"
+    details = comparison.summary().removeprefix(f"{comparison.verdict}: ")
+    text = f"{metric} {fmt(before)} -> {fmt(after)}: {details}"
     if verdict == REGRESSED:
         direction = "fell" if result.higher_is_better.get(metric, True) else "rose"
         text = (f"{metric} {direction} from {fmt(before)} to {fmt(after)}, more than the tolerated "
-                f"{check.tolerance} at alpha={alpha:g}: {comparison.summary()}")
+                f"{check.tolerance} at alpha={alpha:g}: {details}")
         text += flipped_samples(result, baseline, metric)
     elif verdict == INCONCLUSIVE:
         text += ("; too few docs to tell a drop from noise: evaluate more docs or set a "

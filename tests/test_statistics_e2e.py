@@ -42,15 +42,15 @@ def test_slight_damage_caught_with_enough_docs(project: pytest.Pytester, tiny: T
     if outcome == "failed":
         result.stdout.fnmatch_lines(["modelreg: tiny_big: acc fell from 1.0000 to 0.9*, more than "
                                      "the tolerated 0 at alpha=0.01: delta -0.0* [[]95% CI *], "
-                                     "p=*, n=400, b=* c=0, MDE * (McNemar exact)*; worse on * "
+                                     "p*, n=400, b=* c=0, MDE * (paired, McNemar exact)*; worse on * "
                                      "docs, e.g. doc ids * ('the * of the * is'), *"])
     else:
         result.stdout.fnmatch_lines(["*inconclusive*"])
         strict = run(project, "--modelreg-strict")
         strict.assert_outcomes(failed=1)
         strict.stdout.fnmatch_lines(["modelreg: tiny_big: acc 1.0000 -> 0.9*: delta *, "
-                                     "n=40, b=* c=0, MDE * (McNemar exact); underpowered: about "
-                                     "* docs needed; too few docs to tell a drop from noise*"])
+                                     "n=40, b=* c=0, MDE * (paired, McNemar exact); underpowered: "
+                                     "about * docs needed; too few docs to tell a drop from noise*"])
 
 
 def test_unchanged_model_passes(project: pytest.Pytester):
