@@ -21,15 +21,21 @@ class SampleOutcome:
     target_hash: str
     values: dict[str, float]
     prompt: str = ""  # the start of the prompt, so a person can find the doc in a diff
+    # Per-doc items of corpus metrics (F1, MCC, BLEU: lm-eval logs (gold, prediction) pairs).
+    items: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"doc_id": self.doc_id, "doc_hash": self.doc_hash, "prompt_hash": self.prompt_hash,
+        data = {"doc_id": self.doc_id, "doc_hash": self.doc_hash, "prompt_hash": self.prompt_hash,
                 "target_hash": self.target_hash, "values": self.values, "prompt": self.prompt}
+        if self.items:
+            data["items"] = self.items
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SampleOutcome:
         return cls(data["doc_id"], data["doc_hash"], data["prompt_hash"], data["target_hash"],
-                   {k: float(v) for k, v in data["values"].items()}, str(data.get("prompt", "")))
+                   {k: float(v) for k, v in data["values"].items()}, str(data.get("prompt", "")),
+                   dict(data.get("items", {})))
 
 
 BaselineJudge = Callable[["EvalResult", MetricCheck], Verdict]
@@ -52,6 +58,9 @@ class EvalResult:
     seconds: float = 0.0
     model_load_seconds: float = 0.0
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    # How lm-eval aggregates each corpus metric's items (for the paired bootstrap).
+    aggregators: dict[str, Callable[[list[Any]], float]] = field(
+        default_factory=dict, repr=False, compare=False)
     # Set by the session: how check_baseline judges, and where verdicts are recorded.
     baseline_judge: BaselineJudge | None = field(default=None, repr=False, compare=False)
     recorder: Recorder | None = field(default=None, repr=False, compare=False)

@@ -30,6 +30,7 @@ from .verdict import (
 )
 
 EvaluatorFactory = Callable[[Settings, Progress], Evaluator]
+BOOTSTRAP_RESAMPLES = 10_000
 
 
 def lm_eval_factory(settings: Settings, progress: Progress) -> Evaluator:
@@ -197,6 +198,16 @@ def compare_with_baseline(result: EvalResult, baseline: Baseline, check: MetricC
     higher = result.higher_is_better.get(metric, True)
     base_value = baseline.value(metric) or 0.0
     tolerance = check.tolerance.allowed_drop(base_value)
+    aggregate = result.aggregators.get(metric)
+    if aggregate is not None:  # a corpus metric (F1, MCC, BLEU): paired bootstrap over docs
+        base_items = {doc_key(s): s.items[metric] for s in baseline.samples or []
+                      if metric in s.items}
+        cand_items = {doc_key(s): s.items[metric] for s in result.samples if metric in s.items}
+        if set(base_items) & set(cand_items):
+            return compare_samples(base_items, cand_items, higher_is_better=higher,
+                                   tolerance=tolerance, alpha=alpha, max_gain=check.max_gain,
+                                   aggregate=lambda items: float(aggregate(list(items))),
+                                   resamples=BOOTSTRAP_RESAMPLES, seed=0)
     base = {doc_key(s): s.values[metric] for s in baseline.samples or [] if metric in s.values}
     cand = {doc_key(s): s.values[metric] for s in result.samples if metric in s.values}
     if base and cand and _is_mean_of(cand, result.metrics[metric]) \

@@ -90,3 +90,28 @@ def test_count_planned_checks():
     assert count_planned_checks([([["acc", "acc_norm"]], False), ([None], False),
                                  ([], True), ([{"acc": {}}], True), ([], False)]) == 5
     assert count_planned_checks([]) == 1
+
+
+def test_corpus_metric_uses_a_paired_bootstrap(project: pytest.Pytester, tiny: TinyWorld):
+    """MCC is not a mean of per-doc values: its (gold, prediction) items are resampled in pairs."""
+    yaml = (tiny.tasks / "tiny_big.yaml").read_text().replace("task: tiny_big", "task: tiny_mcc")
+    yaml = yaml.replace("metric_list:\n", "metric_list:\n  - metric: mcc\n"
+                        "    aggregation: matthews_corrcoef\n    higher_is_better: true\n")
+    extra = project.mkdir("tasks")
+    (extra / "tiny_mcc.yaml").write_text(yaml)
+    project.makefile(".ini", pytest=tiny.ini(
+        modelreg_include_path=f"{tiny.tasks}\n    {extra}"))
+    project.makepyfile(test_mcc=dedent("""
+        import pytest
+
+        @pytest.mark.modelreg(task="tiny_mcc", metrics=["mcc"], bootstrap_iters=1000)
+        def test_mcc(): pass
+    """))
+    run(project, "--modelreg-update").assert_outcomes(passed=1)
+    samples = (project.path / "baselines" / "tiny_mcc.samples.jsonl").read_text()
+    assert '"items": {"mcc": [' in samples  # the (gold, prediction) pairs are kept
+    project.makefile(".ini", pytest=tiny.ini(
+        tiny.degraded, modelreg_include_path=f"{tiny.tasks}\n    {extra}"))
+    result = run(project)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["modelreg: tiny_mcc: mcc fell from 1.0000 to *(paired bootstrap)*"])

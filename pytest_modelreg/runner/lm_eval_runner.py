@@ -157,7 +157,9 @@ class LmEvalRunner:
             "model": model_identity(spec.model, spec.model_args, self._hash_cache),
             "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        aggregators = _corpus_aggregators(task_config, samples)
         return EvalResult(
+            aggregators=aggregators,
             spec=spec, metrics=metrics, stderr=stderr,
             higher_is_better={m: bool(higher.get(m.split(",")[0], True)) for m in metrics},
             samples=samples, fingerprint=fingerprint, provenance=provenance,
@@ -237,12 +239,32 @@ def _sample_outcomes(samples: dict[str, list[dict[str, Any]]],
                 "prompt": _prompt_start(sample.get("arguments")),
             })
             for metric in sample.get("metrics", []):
-                value = _number(sample.get(metric))
-                if value is None:  # corpus metrics log (reference, prediction) pairs
-                    continue
                 name = metric if filters.get(metric, 1) == 1 else f"{metric},{sample['filter']}"
-                entry["values"][name] = value
+                value = _number(sample.get(metric))
+                if value is not None:
+                    entry["values"][name] = value
+                elif isinstance(sample.get(metric), (list, tuple)):
+                    # Corpus metrics log (gold, prediction) items, aggregated over all docs.
+                    entry.setdefault("items", {})[name] = _json_safe(sample[metric])
     return [SampleOutcome(**entry) for _, entry in sorted(merged.items(), key=_doc_order)]
+
+
+def _corpus_aggregators(task_config: dict[str, Any], samples: list[SampleOutcome]
+                        ) -> dict[str, Any]:
+    """lm-eval's aggregation function of each metric that logs per-doc items."""
+    from lm_eval.api.registry import get_aggregation, get_metric_aggregation
+
+    named = {str(m.get("metric")): m.get("aggregation")
+             for m in task_config.get("metric_list", []) if isinstance(m, dict)}
+    found: dict[str, Any] = {}
+    for metric in {name for s in samples for name in s.items}:
+        base = metric.split(",")[0]
+        aggregation = named.get(base)
+        function = get_aggregation(aggregation) if isinstance(aggregation, str) else None
+        function = function or get_metric_aggregation(base)
+        if function is not None:
+            found[metric] = function
+    return found
 
 
 def _prompt_start(arguments: Any, length: int = 60) -> str:
