@@ -24,7 +24,7 @@ from .errors import CheckFailed, ModelregError, ModelregUsageError
 from .fixture import TEST_PROPERTY, ModelregFixture, run_marker_checks
 from .progress import TerminalProgress
 from .provenance import git_state
-from .report import holm_summary, markdown_report, write_table
+from .report import holm_summary, markdown_report, underpowered_summary, write_table
 from .session import ModelregSession, count_planned_checks
 from .settings import OPTIONS, Settings, build_settings
 from .spec import parse_marker
@@ -265,6 +265,9 @@ class ModelregController:
         line = holm_summary(self.collector.rows, self.settings)
         if line:
             terminalreporter.write_line(f"modelreg: {line}")
+        warning = underpowered_summary(self.collector.rows)
+        if warning:
+            terminalreporter.write_line(f"modelreg: {warning}", yellow=True)
 
     def _summarise_tracking(self, terminalreporter: Any) -> None:
         tracker = self.session_tracker

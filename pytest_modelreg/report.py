@@ -93,3 +93,18 @@ def holm_summary(rows: Sequence[Mapping[str, Any]], settings: Any) -> str | None
         line += (f"; the full step-down also rejects {', '.join(extra)}, which the per-test "
                  f"level (alpha/m) did not fail")
     return line
+
+
+def underpowered_summary(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """Checks whose evaluation is too small to detect a drop the size of their tolerance."""
+    weak = [r for r in rows if r.get("underpowered")]
+    if not weak:
+        return None
+    shown = ", ".join(
+        f"{r['task']}/{r['metric']} (MDE {r['mde']:.3f}"
+        + (f", ~{r['docs_needed']:,} docs needed)" if r.get("docs_needed") else ")")
+        for r in weak[:5])
+    more = f" and {len(weak) - 5} more" if len(weak) > 5 else ""
+    return (f"WARNING: {len(weak)} baseline check(s) underpowered - their evaluations are too "
+            f"small to detect a drop the size of their tolerance (1 point without one): "
+            f"{shown}{more}")

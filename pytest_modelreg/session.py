@@ -157,7 +157,8 @@ class ModelregSession:
         if comparison is not None:
             verdict = replace(verdict, ci_low=comparison.ci[0], ci_high=comparison.ci[1],
                               p_value=comparison.p_value, n=comparison.n, mde=comparison.mde,
-                              method=comparison.method)
+                              method=comparison.method, underpowered=comparison.underpowered,
+                              docs_needed=comparison.docs_needed)
         return verdict
 
     def checks_for(self, result: EvalResult, checks: list[MetricCheck] | None,

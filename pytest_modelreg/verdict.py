@@ -48,6 +48,8 @@ class Verdict:
     n: int | None = None
     mde: float | None = None
     method: str | None = None
+    underpowered: bool = False
+    docs_needed: int | None = None
     strict: bool = False
 
     @property
