@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BaselineError
-from .results import SampleOutcome
+from .results import SampleOutcome, samples_jsonl
 
 SCHEMA_VERSION = 1
 _REQUIRED = ("schema_version", "name", "task", "metrics", "fingerprint")
@@ -146,8 +146,7 @@ class BaselineStore:
     def save(self, baseline: Baseline) -> Path:
         """Write the samples file, then the JSON that vouches for it (both atomically)."""
         path = self.json_path(baseline.name)
-        samples_text = "".join(
-            json.dumps(s.to_dict(), sort_keys=True) + "\n" for s in baseline.samples or [])
+        samples_text = samples_jsonl(baseline.samples or [])
         data: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "name": baseline.name,

@@ -11,7 +11,7 @@ from typing import Any
 
 from .baselines import safe_name
 from .errors import CheckFailed
-from .results import EvalResult
+from .results import EvalResult, samples_jsonl
 from .session import ModelregSession
 from .spec import EvalSpec, MetricCheck, build_spec, short_hash
 from .verdict import Verdict
@@ -58,8 +58,7 @@ def write_artifacts(result: EvalResult, folder: Path) -> dict[str, str]:
     files = {"results.json": target / "results.json", "samples.jsonl": target / "samples.jsonl"}
     if not files["results.json"].exists():
         target.mkdir(parents=True, exist_ok=True)
-        files["samples.jsonl"].write_text(
-            "".join(json.dumps(s.to_dict(), sort_keys=True) + "\n" for s in result.samples))
+        files["samples.jsonl"].write_text(samples_jsonl(result.samples))
         files["results.json"].write_text(json.dumps(result.raw, indent=2, default=str))
     return {name: str(path) for name, path in files.items()}
 

@@ -142,7 +142,6 @@ class ModelregController:
         self.config = config
         self.settings = settings
         self.tracking = settings.tracking
-        self.warnings: list[str] = []
         self.collector = ReportCollector(self._test_done)
         self.artifact_dir: Path | None = None
         self.session_tracker: SessionTracker | None = None
@@ -190,7 +189,6 @@ class ModelregController:
         return self.tracking.tracking_uri or "MLflow's default (sqlite:///mlflow.db)"
 
     def _warn(self, message: str) -> None:
-        self.warnings.append(message)
         self._write(f"modelreg: WARNING: {message}", yellow=True)
 
     def _test_done(self, test: TestRecord) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,11 @@ class SampleOutcome:
         return cls(data["doc_id"], data["doc_hash"], data["prompt_hash"], data["target_hash"],
                    {k: float(v) for k, v in data["values"].items()}, str(data.get("prompt", "")),
                    dict(data.get("items", {})))
+
+
+def samples_jsonl(samples: list[SampleOutcome]) -> str:
+    """Per-sample outcomes as JSON lines: one doc a line, so a diff shows which docs changed."""
+    return "".join(json.dumps(s.to_dict(), sort_keys=True) + "\n" for s in samples)
 
 
 BaselineJudge = Callable[["EvalResult", MetricCheck], Verdict]

@@ -49,7 +49,7 @@ class ModelregSession:
         self._evaluator: Evaluator | None = None
         self._results: dict[EvalSpec, EvalResult | ModelregError] = {}
         self._baselines: dict[str, Baseline | None] = {}
-        self._fingerprints: dict[str, tuple[EvalSpec, dict[str, object]]] = {}
+        self._fingerprints: dict[str, dict[str, object]] = {}  # baseline name -> claimed by
         self.recorded: set[str] = set()  # baseline names written in this session
         self.artifact_dir: Path | None = None  # set by the plugin when a tracker wants files
         self.planned_checks = 1  # baseline checks in the session, counted at collection
@@ -96,9 +96,9 @@ class ModelregSession:
     def _claim_baseline_name(self, result: EvalResult) -> None:
         """Two evaluations with different settings must not share one baseline file."""
         name = result.spec.baseline_name
-        claimed = self._fingerprints.setdefault(name, (result.spec, result.fingerprint))
-        if claimed[1] != result.fingerprint:
-            differences = "; ".join(diff_fingerprints(claimed[1], result.fingerprint))
+        claimed = self._fingerprints.setdefault(name, result.fingerprint)
+        if claimed != result.fingerprint:
+            differences = "; ".join(diff_fingerprints(claimed, result.fingerprint))
             raise ModelregError(
                 f"baseline {name!r} is used by two evaluations with different settings "
                 f"({differences}); give one of them its own name with baseline='...'")
