@@ -9,16 +9,19 @@ flips right <-> wrong with that probability, independently in baseline and candi
 
 - false alarms: an unchanged model ("regressed" only; inconclusive is not an alarm);
 - detection: a true drop of 1, 2 and 5 points (that many right answers made wrong, plus the
-  noise), and of one and 1.25 MDE: the minimum detectable effect our rule reports for such a
-  drop (found by fixed-point iteration, since the drop's own flips widen the SE), aimed at the
-  measured drop (noise shrinks a true drop by 1 - 2 * flips). By definition an MDE has 80 %
-  power; 1.25 MDE has about 95 % at alpha = 0.01.
+  noise), and of one MDE: the minimum detectable effect our rule reports for such a drop (found
+  by fixed-point iteration, since the drop's own flips widen the SE), aimed at the measured
+  drop (noise shrinks a true drop by 1 - 2 * flips). Two powers: MDE80, the one every check
+  reports (80 % power, as the statistics issue asks the report to show), and MDE95
+  (``Comparison.mde_at(0.95)``, about 1.25 MDE80 at alpha = 0.01), the drop a release gate can
+  count on catching 95 % of the time.
 
 Rules side by side: ours (``compare_samples``, alpha = 0.01, tolerance 0), a relative drop of
 more than 8 %, an absolute drop of more than 2 points, and the unpaired z test at the same
 alpha (``compare_aggregates`` with the binomial standard errors). Then the verdicts for the real
 model pairs in the file, and a markdown version of the table for the README.
-Goals: false alarms <= alpha; detection >= 95 % for a drop of one MDE.
+Goals: false alarms <= alpha; detection >= 95 % for a drop of one MDE95 (and about 80 % for
+one MDE80, which is what 80 % power means: a goal of 95 % at MDE80 would contradict it).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ SIMULATED = "175b_verification"  # 56 % right: the outcomes the simulation start
 NS = (100, 500, 1319)
 FLIP_RATES = (0.01, 0.03, 0.05)
 DROPS = (0.01, 0.02, 0.05)
-MDE_MULTIPLES = (1.0, 1.25)
+POWERS = {"-MDE80": 0.8, "-MDE95": 0.95}
 TRIALS = 400
 NULL_TRIALS = 1200  # false alarms are judged against alpha = 1 %: they need more trials
 MDE_TRIALS = 60  # per fixed-point step when sizing the one-MDE drop
@@ -128,15 +131,16 @@ class Row:
 
     n: int
     rate: float
-    mde: float = float("nan")  # median MDE our rule reports for a one-MDE drop
+    mde: float = float("nan")  # median MDE80 our rule reports for a one-MDE80 drop
+    mde95: float = float("nan")  # median MDE95 for a one-MDE95 drop
     inconclusive: float = float("nan")  # our rule on the unchanged model
     rates: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-SCENARIOS = ("false alarm", "-1 pt", "-2 pt", "-5 pt", "-1 MDE", "-1.25 MDE")
+SCENARIOS = ("false alarm", "-1 pt", "-2 pt", "-5 pt", *POWERS)
 
 
-def one_mde_drop(truth: np.ndarray, n: int, rate: float, start: float,
+def one_mde_drop(truth: np.ndarray, n: int, rate: float, start: float, power: float,
                  rng: np.random.Generator) -> tuple[int, float]:
     """(answers to degrade, reported MDE) such that the measured drop equals the MDE our rule
     reports for it: a drop adds discordant pairs, so the MDE seen under the drop is larger than
@@ -147,7 +151,7 @@ def one_mde_drop(truth: np.ndarray, n: int, rate: float, start: float,
     count, mde = count_for(start), start
     for _ in range(8):
         _, comparisons = simulate(truth, n, rate, count, rng, trials=MDE_TRIALS)
-        mde = float(np.nanmedian([c.mde for c in comparisons]))
+        mde = float(np.nanmedian([c.mde_at(power) for c in comparisons]))
         if count_for(mde) == count:
             break
         count = count_for(mde)
@@ -164,11 +168,14 @@ def run_grid(truth: np.ndarray) -> list[Row]:
         row.inconclusive = sum(c.verdict == "inconclusive" for c in comparisons) / NULL_TRIALS
         for drop in DROPS:
             row.rates[f"-{drop * 100:g} pt"] = simulate(truth, n, rate, round(drop * n), rng)[0]
-        null_mde = float(np.nanmedian([c.mde for c in comparisons]))
-        count, row.mde = one_mde_drop(truth, n, rate, null_mde, rng)
-        for multiple in MDE_MULTIPLES:
-            scaled = max(1, round(multiple * count))
-            row.rates[f"-{multiple:g} MDE"] = simulate(truth, n, rate, scaled, rng)[0]
+        for scenario, power in POWERS.items():
+            null_mde = float(np.nanmedian([c.mde_at(power) for c in comparisons]))
+            count, mde = one_mde_drop(truth, n, rate, null_mde, power, rng)
+            row.rates[scenario] = simulate(truth, n, rate, count, rng)[0]
+            if power == 0.8:
+                row.mde = mde
+            else:
+                row.mde95 = mde
         rows.append(row)
         print(f"  n={n:>5} flips={rate:.0%}: done", flush=True)
     return rows
@@ -181,12 +188,13 @@ def cell(rates: dict[str, float], digits: int) -> str:
 def print_console(rows: list[Row]) -> None:
     print(f"\nRegressed calls, % of trials ({NULL_TRIALS} for false alarms, {TRIALS} otherwise): "
           f"{' / '.join(RULES)}")
-    header = f"{'n':>5} {'flips':>5} {'MDE pt':>6} " + " ".join(f"{s:>25}" for s in SCENARIOS)
+    header = f"{'n':>5} {'flips':>5} {'MDE80':>6} {'MDE95':>6} " + " ".join(
+        f"{s:>25}" for s in SCENARIOS)
     print(header)
     print("-" * len(header))
     for row in rows:
         cells = " ".join(f"{cell(row.rates[s], 1):>25}" for s in SCENARIOS)
-        print(f"{row.n:>5} {row.rate:>5.0%} {100 * row.mde:>6.2f} {cells}")
+        print(f"{row.n:>5} {row.rate:>5.0%} {100 * row.mde:>6.2f} {100 * row.mde95:>6.2f} {cells}")
     print("\nOur rule on the unchanged model, share 'inconclusive' (with T = 0 only a significant "
           "gain or identical outcomes pass):")
     print("  " + ", ".join(f"n={r.n}/{r.rate:.0%}: {r.inconclusive:.0%}" for r in rows))
@@ -205,16 +213,28 @@ def judge_goals(rows: list[Row]) -> list[str]:
         lines.append(f"{status}: our false-alarm rate is {share:.1%} at n={row.n}, flips "
                      f"{row.rate:.0%} (one-sided binomial p = {p:.2f} for 'rate <= {ALPHA:.0%}', "
                      f"{NULL_TRIALS} trials).")
-    low = [row.rates["-1 MDE"]["ours"] for row in rows if row.rates["-1 MDE"]["ours"] < 0.95]
-    if not low:
-        lines.append("MET: detection >= 95 % for a drop of one MDE in every cell.")
-    else:
-        lines.append(f"NOT MET: detection of a one-MDE drop is below 95 % in {len(low)} of "
-                     f"{len(rows)} cells ({', '.join(f'{s:.0%}' for s in low)}). The MDE is "
-                     "defined at 80 % power, so about 80 % is what it promises; 95 % needs about "
-                     "1.25 MDE (next column). McNemar's exact test, used below 30 discordant "
-                     "pairs, is conservative, which costs power at small n.")
+    lines.append(detection_goal(rows, "-MDE95", 0.95))
+    detected = ", ".join(f"{row.rates['-MDE80']['ours']:.0%}" for row in rows)
+    lines.append(f"For reference, not a goal: detection of a one-MDE80 drop is {detected} "
+                 "(80 % power promises about 80 %; McNemar's exact test, used below 30 discordant "
+                 "pairs, is conservative, which costs a little power at small n).")
     return lines
+
+
+def detection_goal(rows: list[Row], scenario: str, goal: float) -> str:
+    """MET when every cell detects at least ``goal``, allowing for Monte Carlo error."""
+    short = []
+    for row in rows:
+        share = row.rates[scenario]["ours"]
+        p = binomtest(round(share * TRIALS), TRIALS, goal, alternative="less").pvalue
+        if p < 0.05:
+            short.append(f"n={row.n}/{row.rate:.0%}: {share:.0%}")
+    detected = ", ".join(f"{row.rates[scenario]['ours']:.0%}" for row in rows)
+    if not short:
+        return (f"MET: detection of a one-{scenario[1:]} drop is >= {goal:.0%} in every cell "
+                f"(within Monte Carlo error; {detected}).")
+    return (f"NOT MET: detection of a one-{scenario[1:]} drop is below {goal:.0%} in "
+            f"{', '.join(short)} (one-sided binomial p < 0.05, {TRIALS} trials).")
 
 
 def print_real_pairs(outcomes: dict[str, np.ndarray]) -> None:
@@ -240,11 +260,13 @@ def markdown(rows: list[Row]) -> str:
              "GPT-3 175B (verifier) on GSM8K; noise: each answer flips with the given "
              "probability in each run. MDE: what our rule reports for a drop of that size.",
              "",
-             "| n | flips | MDE (pt) | false alarm | −1 pt | −2 pt | −5 pt | −1 MDE | −1.25 MDE |",
-             "|---:|---:|---:|---|---|---|---|---|---|"]
+             "| n | flips | MDE80 (pt) | MDE95 (pt) | false alarm | −1 pt | −2 pt | −5 pt "
+             "| −MDE80 | −MDE95 |",
+             "|---:|---:|---:|---:|---|---|---|---|---|---|"]
     for row in rows:
         cells = " | ".join(cell(row.rates[s], 1 if s == "false alarm" else 0) for s in SCENARIOS)
-        lines.append(f"| {row.n} | {row.rate:.0%} | {100 * row.mde:.1f} | {cells} |")
+        lines.append(f"| {row.n} | {row.rate:.0%} | {100 * row.mde:.1f} | {100 * row.mde95:.1f} "
+                     f"| {cells} |")
     return "\n".join(lines)
 
 

@@ -147,7 +147,6 @@ class ModelregSession:
             comparison = compare_with_baseline(result, baseline, check, self.test_alpha)
         verdict = judge_metric(
             result.task, check, result.metrics[check.metric],
-            higher_is_better=result.higher_is_better.get(check.metric, True),
             baseline=None if baseline is None else baseline.value(check.metric),
             mismatch=mismatch, update=recorded_now, record_hint=record_hint,
             compared=None if comparison is None else describe(comparison, result, baseline, check,

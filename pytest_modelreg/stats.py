@@ -97,6 +97,13 @@ class Comparison:
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "regressed": self.regressed}
 
+    def mde_at(self, power: float) -> float:
+        """The drop detectable with ``power`` (``mde`` is the one at 80 %): a release gate that
+        must catch a drop 95 % of the time sizes it with ``mde_at(0.95)``, about 1.25 ``mde``."""
+        if not 0 < power < 1:
+            raise ValueError(f"power must be between 0 and 1, got {power}")
+        return self.mde * (_z(1 - self.alpha) + _z(power)) / (_z(1 - self.alpha) + _z(POWER))
+
     def summary(self) -> str:
         """One human line: the verdict, the numbers behind it, and how they were computed."""
         if self.verdict == CANNOT_COMPARE:

@@ -1,7 +1,8 @@
 """Verdicts: pure functions from (check, measured value, baseline) to a decision.
 
-Nothing here reads files or knows about pytest, so a later, statistical rule can replace
-``compare_with_baseline`` without touching the plugin.
+Nothing here reads files or knows about pytest. The comparison with the baseline itself is
+statistical (``stats.compare_samples`` through ``session.compare_with_baseline``); this module
+combines its verdict with the bounds, the update mode and the fingerprint check.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from .spec import MetricCheck, Tolerance
+from .spec import MetricCheck
 
 PASS = "pass"
 REGRESSED = "regressed"
@@ -73,22 +74,7 @@ def check_bounds(metric: str, value: float, low: float | None, high: float | Non
     return None
 
 
-def compare_with_baseline(metric: str, current: float, baseline: float, *,
-                          higher_is_better: bool, tolerance: Tolerance) -> tuple[str, str]:
-    """(verdict, sentence): a drop in the worse direction larger than the tolerance regresses."""
-    delta = current - baseline
-    drop = -delta if higher_is_better else delta
-    allowed = tolerance.allowed_drop(baseline)
-    direction = "fell" if higher_is_better else "rose"
-    if drop > allowed + 1e-12:
-        return REGRESSED, (
-            f"{metric} {direction} from {fmt(baseline)} to {fmt(current)} ({delta:+.4f}), more than "
-            f"the tolerated {tolerance} (missed by {fmt(drop - allowed)})"
-        )
-    return PASS, f"{metric} = {fmt(current)}, baseline {fmt(baseline)} ({delta:+.4f})"
-
-
-def judge_metric(task: str, check: MetricCheck, current: float, *, higher_is_better: bool,
+def judge_metric(task: str, check: MetricCheck, current: float, *,
                  baseline: float | None, mismatch: list[str] | None, update: bool,
                  record_hint: str, compared: tuple[str, str] | None = None,
                  strict: bool = False) -> Verdict:
@@ -109,12 +95,10 @@ def judge_metric(task: str, check: MetricCheck, current: float, *, higher_is_bet
     elif baseline is None:
         found.append((NO_BASELINE, f"no baseline for {task}/{check.metric}; record it with "
                       f"{record_hint}"))
-    elif compared is not None:  # a statistical comparison made by the caller
+    elif compared is not None:  # the statistical comparison, made by the caller
         found.append(compared)
-    else:
-        found.append(compare_with_baseline(check.metric, current, baseline,
-                                           higher_is_better=higher_is_better,
-                                           tolerance=check.tolerance))
+    else:  # a baseline value without a comparison: never guess a pass
+        found.append((CANNOT_COMPARE, f"{check.metric}: no comparison with the baseline was made"))
     verdict = min((v for v, _ in found), key=_PRECEDENCE.index)
     shown = FAILING | (STRICT_FAILING if strict else frozenset())
     message = "; ".join(text for v, text in found if v in shown) or found[-1][1]

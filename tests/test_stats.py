@@ -151,6 +151,10 @@ def test_paired_z_hand_computed():
     # upper bound -0.0917 + 2.326 * 0.0546 = +0.035 >= 0, lower bound < 0
     assert result.verdict == INCONCLUSIVE
     assert result.mde == pytest.approx((Z99 + Z80) * se)
+    assert result.mde_at(0.95) == pytest.approx((Z99 + Z.inv_cdf(0.95)) * se)
+    assert result.mde_at(0.8) == pytest.approx(result.mde)
+    with pytest.raises(ValueError, match="power"):
+        result.mde_at(1.0)
 
 
 def test_paired_z_regresses_when_the_upper_bound_is_below_minus_tolerance():
