@@ -18,6 +18,7 @@ class ReportCollector:
         self.rows: list[dict[str, Any]] = []
         self.pending: dict[str, TestRecord] = {}
         self.first_evaluation: dict[str, Any] | None = None
+        self.evaluations: list[dict[str, Any]] = []  # each distinct evaluation once
 
     def add(self, nodeid: str, when: str, outcome: str, duration: float, message: str,
             properties: list[tuple[str, Any]]) -> list[dict[str, Any]]:
@@ -42,6 +43,7 @@ class ReportCollector:
                     self.first_evaluation = self.first_evaluation or value
                     if value["fresh"]:
                         fresh.append(value)
+                        self.evaluations.append(value)
         if when in ("teardown", "???"):
             self.finish(nodeid)
         return fresh

@@ -45,6 +45,8 @@ def evaluation_summary(result: EvalResult, fresh: bool, artifact_dir: Path | Non
         "seconds": round(result.seconds if fresh else 0.0, 3),
         "model_load_seconds": round(result.model_load_seconds if fresh else 0.0, 3),
         "fresh": fresh,
+        "cached": result.cached,
+        "cached_from": provenance.get("cached_from", {}),
         "settings": {k: "default" if v is None else str(v) for k, v in settings.items()},
         "versions": provenance.get("versions", {}),
         "hardware": {k: str(v) for k, v in provenance.get("hardware", {}).items()},
@@ -88,6 +90,18 @@ class ModelregFixture:
     def spec(self, task: str, **settings: Any) -> EvalSpec:
         return build_spec(task, settings, self._session.settings,
                           f"{self._item.nodeid}: modelreg.evaluate")
+
+    def require_gpu(self, min_memory: float | str | None = None) -> None:
+        """Skip the test, saying why, unless a CUDA GPU (with ``min_memory``, e.g. "40GB") is
+        visible: the fixture's form of the marker's ``gpu=True`` / ``min_gpu_memory=``."""
+        import pytest
+
+        from .gpus import parse_memory, unmet_gpu_requirement
+
+        where = f"{self._item.nodeid}: modelreg.require_gpu"
+        least = None if min_memory is None else parse_memory(min_memory, where)
+        if (reason := unmet_gpu_requirement(True, least)) is not None:
+            pytest.skip(f"modelreg: {reason}")
 
     def evaluate(self, task: str, **settings: Any) -> EvalResult:
         result, fresh = self._session.evaluate(self.spec(task, **settings))

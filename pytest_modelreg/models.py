@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import sys
 from pathlib import Path
@@ -71,6 +70,10 @@ def model_identity(model: str, model_args: str,
     cache = {} if cache is None else cache
     args = split_model_args(model_args)
     identity: dict[str, Any] = {"type": model, "model_args": redact_model_args(model_args)}
+    if "base_url" in args:  # an API model: what it is lives behind the endpoint
+        identity["endpoint"] = args["base_url"]
+        identity["served_model"] = args.get("model", "")
+        return identity
     pretrained = args.get("pretrained") or args.get("model") or args.get("model_name")
     folder = Path(pretrained).expanduser() if pretrained else None
     if folder is not None and folder.is_dir():
@@ -88,18 +91,25 @@ def model_identity(model: str, model_args: str,
     elif pretrained:
         identity["source"] = pretrained
         identity["revision"] = args.get("revision", "main")
-    if "base_url" in args:
-        identity["endpoint"] = args["base_url"]
     return identity
 
 
-def free_model(lm: object) -> None:
-    """Drop a loaded model and give its CUDA memory back before the next one loads."""
-    del lm
+def cuda_allocated() -> int | None:
+    """CUDA memory allocated by torch in bytes; None without CUDA (torch is never imported
+    for this: a process that has not imported it has no CUDA memory)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return int(torch.cuda.memory_allocated())
+
+
+def free_memory() -> int | None:
+    """Collect dropped models and give their CUDA memory back; the bytes still allocated."""
+    import gc
+
     gc.collect()
-    if "torch" in sys.modules:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
+    torch = sys.modules.get("torch")
+    if cuda_allocated() is None or torch is None:
+        return None
+    torch.cuda.empty_cache()
+    return cuda_allocated()

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,20 @@ from .baselines import atomic_write
 from .collect import ReportCollector
 from .errors import CheckFailed, ModelregError, ModelregUsageError
 from .fixture import TEST_PROPERTY, ModelregFixture, run_marker_checks
+from .gpus import unmet_gpu_requirement, visible_gpus, worker_gpus
 from .progress import TerminalProgress
 from .provenance import git_state
-from .report import holm_summary, markdown_report, underpowered_summary, write_table
+from .report import (
+    cache_summary,
+    evaluation_line,
+    holm_summary,
+    markdown_report,
+    underpowered_summary,
+    write_table,
+)
 from .session import ModelregSession, count_planned_checks
 from .settings import OPTIONS, Settings, build_settings
-from .spec import parse_marker
+from .spec import parse_marker, parse_requirements, short_hash
 from .tracking import SessionRecord, SessionTracker, TestRecord
 from .tracking import context as tracking_context
 
@@ -66,11 +74,13 @@ def pytest_configure(config: pytest.Config) -> None:
     # Capture is suspended while plugins configure, so sys.stdout is the real terminal here.
     worker_input = getattr(config, "workerinput", None)
     live = sys.stdout.isatty() and worker_input is None
-    session = ModelregSession(settings, progress=TerminalProgress(config, live=live))
+    session = ModelregSession(settings, progress=TerminalProgress(config, live=live),
+                              default_cache_dir=_pytest_cache_dir(config))
     config.stash[SESSION_KEY] = session
     if worker_input is not None:
         folder = worker_input.get(ARTIFACT_DIR_INPUT)
         session.artifact_dir = Path(folder) if folder else None
+        config.pluginmanager.register(XdistGroupIds(), "modelreg-xdist-group-ids")
         return
     if settings.tracking.enabled:
         # MLflow's own deprecation warnings (it works in a background thread, where a local
@@ -83,17 +93,42 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(XdistHooks(controller), "modelreg-xdist")
 
 
+def _pytest_cache_dir(config: pytest.Config) -> Callable[[], Path] | None:
+    """pytest's own cache folder (``--cache-clear`` empties it), created only when used."""
+    cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
+    return None if cache is None else lambda: cache.mkdir("modelreg")
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
         session.close()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    session = config.stash[SESSION_KEY]
     # Every process (xdist workers too) collects the same items, so all count the same m.
-    config.stash[SESSION_KEY].planned_checks = count_planned_checks(
+    session.planned_checks = count_planned_checks(
         ([m.kwargs.get("metrics") for m in item.iter_markers("modelreg")],
          "modelreg" in getattr(item, "fixturenames", ())) for item in items)
+    if session.settings.xdist_group == "model" and config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            group_by_model(item, session.settings)
+
+
+def group_by_model(item: pytest.Item, settings: Settings) -> None:
+    """Tests of one model share an xdist group: under --dist loadgroup each model loads once.
+    A test that names its own xdist_group keeps it."""
+    markers = list(item.iter_markers("modelreg"))
+    if not markers and "modelreg" not in getattr(item, "fixturenames", ()):
+        return
+    if item.get_closest_marker("xdist_group") is not None:
+        return
+    kwargs = markers[0].kwargs if markers else {}
+    model = kwargs.get("model") or settings.model
+    model_args = settings.model_args if kwargs.get("model_args") is None else kwargs["model_args"]
+    item.add_marker(pytest.mark.xdist_group(f"modelreg-{model}-{short_hash(model, model_args)}"))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -105,6 +140,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         settings = item.config.stash[SESSION_KEY].settings
         item.stash[PARSED_KEY] = [parse_marker(m.args, m.kwargs, settings, item.nodeid)
                                   for m in reversed(markers)]
+        skip_unless_gpu_fits(markers, item.nodeid)
+
+
+def skip_unless_gpu_fits(markers: list[pytest.Mark], nodeid: str) -> None:
+    """``gpu=True`` / ``min_gpu_memory=...``: skip, saying why, where no such GPU is visible."""
+    needs = [parse_requirements(m.kwargs, nodeid) for m in markers]
+    need_gpu = any(gpu for gpu, _ in needs)
+    least = max((memory for _, memory in needs if memory is not None), default=None)
+    if (reason := unmet_gpu_requirement(need_gpu, least)) is not None:
+        pytest.skip(f"modelreg: {reason}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -215,10 +260,7 @@ class ModelregController:
         fresh = self.collector.add(report.nodeid, report.when, report.outcome, report.duration,
                                    message, list(report.user_properties))
         for value in fresh:
-            load = value["model_load_seconds"]
-            model = f"model loaded in {load:.1f} s" if load else "model reused"
-            self._write(f"modelreg: evaluated {value['task']} on {value['model']} "
-                        f"({value['n_samples']} docs in {value['seconds']:.1f} s; {model})")
+            self._write(f"modelreg: {evaluation_line(value)}")
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.collector.flush()
@@ -257,6 +299,9 @@ class ModelregController:
                 terminalreporter.write_line(f"modelreg: recorded baselines for "
                                             f"{', '.join(recorded)} in {self.settings.baseline_dir}")
         self._summarise_correction(terminalreporter)
+        if line := cache_summary(self.collector.evaluations,
+                                     self.config.stash[SESSION_KEY].cache_dir()):
+            terminalreporter.write_line(f"modelreg: {line}")
         self._summarise_tracking(terminalreporter)
 
     def _summarise_correction(self, terminalreporter: Any) -> None:
@@ -305,3 +350,43 @@ class XdistHooks:
     def pytest_configure_node(self, node: Any) -> None:
         if self.controller.artifact_dir is not None:
             node.workerinput[ARTIFACT_DIR_INPUT] = str(self.controller.artifact_dir)
+
+    def pytest_xdist_setupnodes(self, config: pytest.Config, specs: list[Any]) -> None:
+        """Pin each worker to its own GPU(s) through its execnet spec: the variable is set in
+        the worker before anything there can touch CUDA, and a worker that replaces a crashed
+        one is started from the same spec, so it gets the same GPUs."""
+        settings = self.controller.settings
+        if not settings.configured or settings.gpus_per_worker == 0:
+            return
+        gpus = visible_gpus(os.environ)
+        if not gpus:
+            return
+        shares = [worker_gpus(i, gpus, settings.gpus_per_worker) for i in range(len(specs))]
+        for spec, share in zip(specs, shares, strict=True):
+            spec.env.setdefault("CUDA_VISIBLE_DEVICES", ",".join(share))
+        shown = ", ".join(f"worker {i}: {spec.env['CUDA_VISIBLE_DEVICES']}"
+                          for i, spec in enumerate(specs))
+        self.controller._write(f"modelreg: CUDA_VISIBLE_DEVICES per xdist worker: {shown}")
+        if len(specs) * settings.gpus_per_worker > len(gpus):
+            self.controller._warn(f"{len(specs)} workers x {settings.gpus_per_worker} GPU(s) "
+                                  f"share {len(gpus)} GPU(s); use -n "
+                                  f"{max(len(gpus) // settings.gpus_per_worker, 1)} for one each")
+
+
+class XdistGroupIds:
+    """Workaround for pytest-xdist#1386: on pytest >= 9.2, ``--dist loadgroup`` appends the group
+    to a node id field pytest no longer reads, so no test is grouped. After xdist's own hook,
+    put the ``@group`` suffix where the node id now lives (only when it is missing)."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]
+                                      ) -> None:
+        if not getattr(config.option, "loadgroup", False):
+            return
+        for item in items:
+            names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                            for m in item.iter_markers("xdist_group")})
+            if names and "@" not in item.nodeid.rsplit("]", 1)[-1] and hasattr(item, "_id"):
+                from _pytest.nodeid import coerce_node_id
+
+                item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")

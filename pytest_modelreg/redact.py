@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 
 _SECRET_KEY = re.compile(r"token|key|secret|passw|auth|credential", re.IGNORECASE)
+# Names that contain "token" without holding one: tokenizer=, tokenized_requests=, max_tokens=...
+_NOT_SECRET = re.compile(r"tokeni[sz]|tokens$|^max_|^num_|(bos|eos|pad|unk|sep)_token",
+                         re.IGNORECASE)
 MASK = "***"
 
 
 def is_secret_key(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key))
+    return bool(_SECRET_KEY.search(key)) and not _NOT_SECRET.search(key)
 
 
 def redact_args(args: dict[str, object]) -> dict[str, object]:

@@ -108,3 +108,28 @@ def underpowered_summary(rows: Sequence[Mapping[str, Any]]) -> str | None:
     return (f"WARNING: {len(weak)} baseline check(s) underpowered - their evaluations are too "
             f"small to detect a drop the size of their tolerance (1 point without one): "
             f"{shown}{more}")
+
+
+def evaluation_line(value: Mapping[str, Any]) -> str:
+    """One line per finished evaluation, for logs where no progress bar shows."""
+    what = f"{value['task']} on {value['model']}"
+    if value.get("cached"):
+        earlier = value.get("cached_from") or {}
+        when = f" on {earlier['recorded_at']}" if earlier.get("recorded_at") else ""
+        took = f"{earlier.get('seconds', 0):.1f} s" if earlier.get("seconds") else "earlier"
+        return (f"cached {what} ({value['n_samples']} docs; evaluated in {took}{when}; "
+                "--modelreg-no-cache to re-run)")
+    load = value["model_load_seconds"]
+    model = f"model loaded in {load:.1f} s" if load else "model reused"
+    return f"evaluated {what} ({value['n_samples']} docs in {value['seconds']:.1f} s; {model})"
+
+
+def cache_summary(evaluations: Sequence[Mapping[str, Any]], folder: object) -> str | None:
+    """How many evaluations the result cache served, and where it lives."""
+    hits = [v for v in evaluations if v.get("cached")]
+    if not evaluations or not hits:
+        return None
+    saved = sum((v.get("cached_from") or {}).get("seconds", 0.0) for v in hits)
+    return (f"{len(hits)} of {len(evaluations)} evaluation(s) served from the result cache in "
+            f"{folder} (about {saved:.0f} s of evaluation saved; --modelreg-no-cache re-runs "
+            "them, --cache-clear empties it)")

@@ -64,6 +64,7 @@ class EvalResult:
     seconds: float = 0.0
     model_load_seconds: float = 0.0
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    cached: bool = False  # served from the persistent result cache, not evaluated now
     # How lm-eval aggregates each corpus metric's items (for the paired bootstrap).
     aggregators: dict[str, Callable[[list[Any]], float]] = field(
         default_factory=dict, repr=False, compare=False)

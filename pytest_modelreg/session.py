@@ -11,6 +11,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from .baselines import Baseline, BaselineStore
+from .cache import ResultCache
 from .errors import BaselineError, ModelregError
 from .fingerprint import diff_fingerprints
 from .results import EvalResult, SampleOutcome
@@ -29,20 +30,23 @@ from .verdict import (
     judge_metric,
 )
 
-EvaluatorFactory = Callable[[Settings, Progress], Evaluator]
+EvaluatorFactory = Callable[[Settings, Progress, "ResultCache | None"], Evaluator]
 BOOTSTRAP_RESAMPLES = 10_000
 
 
-def lm_eval_factory(settings: Settings, progress: Progress) -> Evaluator:
+def lm_eval_factory(settings: Settings, progress: Progress, cache: ResultCache | None
+                    ) -> Evaluator:
     from .runner.lm_eval_runner import LmEvalRunner
 
-    return LmEvalRunner(settings.include_paths, settings.rootdir, progress)
+    return LmEvalRunner(settings.include_paths, settings.rootdir, progress, cache)
 
 
 class ModelregSession:
     def __init__(self, settings: Settings, *, progress: Progress | None = None,
-                 evaluator_factory: EvaluatorFactory = lm_eval_factory) -> None:
+                 evaluator_factory: EvaluatorFactory = lm_eval_factory,
+                 default_cache_dir: Callable[[], Path] | None = None) -> None:
         self.settings = settings
+        self._default_cache_dir = default_cache_dir
         self.store = BaselineStore(settings.baseline_dir)
         self.progress: Progress = progress or NullProgress()
         self._factory = evaluator_factory
@@ -69,8 +73,20 @@ class ModelregSession:
     @property
     def evaluator(self) -> Evaluator:
         if self._evaluator is None:
-            self._evaluator = self._factory(self.settings, self.progress)
+            self._evaluator = self._factory(self.settings, self.progress, self.result_cache())
         return self._evaluator
+
+    def cache_dir(self) -> Path | None:
+        """Where results are cached: the option, else pytest's cache folder; None when off."""
+        if not self.settings.cache:
+            return None
+        if self.settings.cache_dir is not None:
+            return self.settings.cache_dir
+        return self._default_cache_dir() if self._default_cache_dir is not None else None
+
+    def result_cache(self) -> ResultCache | None:
+        folder = self.cache_dir()
+        return None if folder is None else ResultCache(folder, self.settings.cache_endpoints)
 
     def close(self) -> None:
         if self._evaluator is not None:

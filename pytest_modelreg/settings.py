@@ -67,6 +67,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("no_mlflow", "do not log the session to MLflow", is_flag=True, env_name="MODELREG_NO_MLFLOW"),
     Option("mlflow_strict", "a tracking failure is a session error instead of a warning",
            is_flag=True),
+    Option("modelreg_cache_dir", "folder of the persistent result cache, keyed by the model's "
+           "identity and the evaluation (default: pytest's cache, .pytest_cache/d/modelreg)"),
+    Option("modelreg_no_cache", "evaluate even when the result cache holds this model's result "
+           "for the same evaluation", is_flag=True),
+    Option("modelreg_cache_endpoints", "also cache results of API models (local-completions, "
+           "...), keyed by endpoint and model name: only where a deployed name never serves new "
+           "weights", is_flag=True),
+    Option("modelreg_gpus_per_worker", "under pytest-xdist, GPUs given to each worker through "
+           "CUDA_VISIBLE_DEVICES (0: leave CUDA_VISIBLE_DEVICES alone)", "1"),
+    Option("modelreg_xdist_group", "group tests of one model onto one xdist worker (with --dist "
+           "loadgroup, each model loads once): model or none", "model"),
     Option("modelreg_spool_dir", "where sessions are spooled when the tracking server cannot be "
            "reached (replay with: pytest-modelreg sync)", ".modelreg-spool"),
 )
@@ -103,6 +114,11 @@ class Settings:
     correction: str = "holm"
     strict: bool = False
     tracking: TrackingSettings = field(default_factory=lambda: TrackingSettings())
+    cache_dir: Path | None = None  # None: pytest's cache folder (the plugin resolves it)
+    cache: bool = True
+    cache_endpoints: bool = False
+    gpus_per_worker: int = 1
+    xdist_group: str = "model"
     rootdir: Path = Path(".")
     configured: bool = False  # any option set: the project uses the plugin (header lines)
 
@@ -145,6 +161,7 @@ def build_settings(
     include, _, include_base = text("modelreg_include_path")
     baseline_dir, _, baseline_base = text("modelreg_baseline_dir")
     update_value = values["modelreg_update"][0]
+    cache_dir, _, cache_base = text("modelreg_cache_dir")
     return Settings(
         model=parse_model(model or "hf"),
         model_args=parse_model_args(model_args or "", origin, env),
@@ -160,6 +177,11 @@ def build_settings(
         strict=_truthy(values["modelreg_strict"][0]),
         correction=parse_correction(*text("modelreg_correction")[:2]),
         tracking=_tracking(text, values),
+        cache_dir=(cache_base / Path(cache_dir).expanduser()).resolve() if cache_dir else None,
+        cache=not _truthy(values["modelreg_no_cache"][0]),
+        cache_endpoints=_truthy(values["modelreg_cache_endpoints"][0]),
+        gpus_per_worker=parse_gpus_per_worker(*text("modelreg_gpus_per_worker")[:2]),
+        xdist_group=parse_choice(*text("modelreg_xdist_group")[:2], ("model", "none")),
         configured=configured,
         rootdir=rootdir,
     )
@@ -308,3 +330,21 @@ def parse_correction(value: str | None, origin: str = "--modelreg-correction") -
     if correction not in ("holm", "none"):
         raise ModelregUsageError(f"{origin}: {value!r} is not a correction; use holm or none")
     return correction
+
+
+def parse_gpus_per_worker(value: str | None, origin: str = "--modelreg-gpus-per-worker") -> int:
+    try:
+        count = int(value or "1")
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ModelregUsageError(f"{origin}: {value!r} is not a number of GPUs; use 1, 2, ... "
+                                 "or 0 to leave CUDA_VISIBLE_DEVICES alone")
+    return count
+
+
+def parse_choice(value: str | None, origin: str, choices: tuple[str, ...]) -> str:
+    choice = (value or choices[0]).strip().lower()
+    if choice not in choices:
+        raise ModelregUsageError(f"{origin}: {value!r} is not one of {', '.join(choices)}")
+    return choice

@@ -27,7 +27,8 @@ EVAL_ARGS = (
     "bootstrap_iters", "baseline",
 )
 CHECK_ARGS = ("metrics", "min", "max", "tolerance", "max_gain")
-MARKER_ARGS = ("task", *CHECK_ARGS, *EVAL_ARGS)
+REQUIREMENT_ARGS = ("gpu", "min_gpu_memory")  # where a test can run, not what it computes
+MARKER_ARGS = ("task", *CHECK_ARGS, *EVAL_ARGS, *REQUIREMENT_ARGS)
 THRESHOLD_KEYS = ("min", "max", "tolerance", "max_gain")
 
 
@@ -254,3 +255,15 @@ def parse_marker(args: tuple[Any, ...], kwargs: Mapping[str, Any], settings: Set
     checks = parse_checks(kwargs.get("metrics"), defaults, where)
     eval_args = {k: v for k, v in kwargs.items() if k in EVAL_ARGS}
     return build_spec(task, eval_args, settings, where), checks, defaults
+
+
+def parse_requirements(kwargs: Mapping[str, Any], where: str) -> tuple[bool, float | None]:
+    """(needs a GPU, least GPU memory in GiB) from ``gpu=True`` / ``min_gpu_memory='40GB'``."""
+    from .gpus import parse_memory
+
+    gpu = kwargs.get("gpu", False)
+    if not isinstance(gpu, bool):
+        raise ModelregUsageError(f"{where}: gpu must be True or False, got {gpu!r}")
+    memory = kwargs.get("min_gpu_memory")
+    least = None if memory is None else parse_memory(memory, f"{where}: min_gpu_memory")
+    return gpu or least is not None, least

@@ -33,7 +33,7 @@ class FixedEvaluator:
 def session(tmp_path: Path, outcomes: list[float], **settings: object) -> tuple:
     evaluator = FixedEvaluator(outcomes)
     made = ModelregSession(Settings(baseline_dir=tmp_path, **settings),  # type: ignore[arg-type]
-                           evaluator_factory=lambda s, p: evaluator)
+                           evaluator_factory=lambda s, p, c: evaluator)
     return made, evaluator
 
 

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import inspect
+import itertools
+import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..cache import ResultCache, cache_key, model_key_part, uncacheable_reason
 from ..errors import EvaluationError, ModelregError
 from ..fingerprint import config_hash, sha256_lines
-from ..models import check_model_files, free_model, model_identity, resolve_device
+from ..models import (
+    check_model_files,
+    cuda_allocated,
+    free_memory,
+    model_identity,
+    resolve_device,
+)
 from ..provenance import git_state, hardware, library_versions
 from ..redact import redact_model_args
 from ..results import EvalResult, SampleOutcome
@@ -21,19 +33,24 @@ from ..spec import EvalSpec, suggest
 from . import NullProgress, Progress
 
 _HASH_CHARS = 16  # 64 bits of sha256 per doc: plenty to tell docs apart, short enough to diff
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+log = logging.getLogger("pytest_modelreg")
 
 
 class LmEvalRunner:
-    """Loads each distinct model once per process and evaluates tasks on it."""
+    """Loads one model at a time per process (the previous one is freed when the model changes)
+    and evaluates tasks on it, through the persistent result cache when one is given."""
 
     def __init__(self, include_paths: tuple[Path, ...] = (), rootdir: Path = Path("."),
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, cache: ResultCache | None = None) -> None:
         self.include_paths = include_paths
         self.rootdir = rootdir
         self.progress: Progress = progress or NullProgress()
+        self.cache = cache
         self._models: dict[tuple[str, str, str, str], Any] = {}
         self._task_managers: dict[bool, Any] = {}
         self._hash_cache: dict[tuple[str, int, int], str] = {}
+        self.freed: list[tuple[str, int | None, int | None]] = []  # (model, CUDA bytes before, after)
 
     # -- tasks -----------------------------------------------------------------------------
     def _task_manager(self, with_builtins: bool) -> Any:
@@ -65,8 +82,23 @@ class LmEvalRunner:
         key = spec.model_key
         if key in self._models:
             return self._models[key], 0.0
+        self.release_models()  # two models rarely fit on one GPU: the old one goes first
         self._models[key], seconds = self._load(spec)
         return self._models[key], seconds
+
+    def release_models(self) -> None:
+        """Drop every loaded model and give its CUDA memory back."""
+        if not self._models:
+            return
+        names = ", ".join(f"{model}({redact_model_args(args)})"
+                          for model, args, _, _ in self._models)
+        before = cuda_allocated()
+        self._models.clear()  # the only references: the objects die here
+        after = free_memory()
+        self.freed.append((names, before, after))
+        if before is not None:
+            log.info("freed %s: CUDA memory allocated %.2f GiB -> %.2f GiB", names,
+                     before / 2**30, (after or 0) / 2**30)
 
     def _load(self, spec: EvalSpec) -> tuple[Any, float]:
         check_model_files(spec.model, spec.model_args)
@@ -93,22 +125,58 @@ class LmEvalRunner:
         return lm, time.perf_counter() - start
 
     def close(self) -> None:
-        models, self._models = self._models, {}
-        for lm in models.values():
-            free_model(lm)
+        self.release_models()
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluate(self, spec: EvalSpec) -> EvalResult:
         manager = self.task_manager_for(spec.task)
+        shown = f"{spec.task} on {spec.model}({redact_model_args(spec.model_args)})"
+        tasks, loaded = self._build_tasks(spec, manager, shown)
+        key = self._cache_key(spec, loaded)
+        if key is not None and self.cache is not None:
+            hit = self.cache.load(key, spec)
+            if hit is not None:
+                hit.aggregators = _corpus_aggregators(
+                    hit.raw.get("configs", {}).get(spec.task, {}), hit.samples)
+                return hit
+        result = self._evaluate(spec, manager, tasks, shown)
+        if key is not None and self.cache is not None:
+            self.cache.store(key, result)
+        return result
+
+    def _build_tasks(self, spec: EvalSpec, manager: Any, shown: str) -> tuple[list[Any], Any]:
+        """lm-eval's task objects, built once: they give the cache its key (the docs' content)
+        and then run, so the data is loaded once."""
+        try:
+            with _quiet_lm_eval():
+                loaded = manager.load([spec.task])
+        except ModelregError:
+            raise
+        except Exception as exc:
+            raise EvaluationError(f"loading task {spec.task} failed: {_one_line(exc)}") from exc
+        top = loaded["groups"].get(spec.task)
+        return ([top] if top is not None else list(loaded["tasks"].values())), loaded
+
+    def _cache_key(self, spec: EvalSpec, loaded: Any) -> str | None:
+        if self.cache is None:
+            return None
+        identity = model_identity(spec.model, spec.model_args, self._hash_cache)
+        if (reason := uncacheable_reason(identity, self.cache.endpoints)) is not None:
+            log.info("not caching %s: %s", spec.task, reason)
+            return None
+        tasks = {name: _task_identity(task, spec) for name, task in sorted(loaded["tasks"].items())}
+        tasks["groups"] = sorted(str(name) for name in loaded["groups"])
+        return cache_key(spec, model_key_part(spec, identity), tasks, library_versions())
+
+    def _evaluate(self, spec: EvalSpec, manager: Any, tasks: list[Any], shown: str) -> EvalResult:
         lm, load_seconds = self.model(spec)
         import lm_eval
 
         start = time.perf_counter()
-        shown = f"{spec.task} on {spec.model}({redact_model_args(spec.model_args)})"
         try:
             with self.progress.stage(f"evaluating {shown}"), _quiet_lm_eval():
                 out = lm_eval.simple_evaluate(
-                    model=lm, tasks=[spec.task], task_manager=manager, limit=spec.limit,
+                    model=lm, tasks=tasks, task_manager=manager, limit=spec.limit,
                     num_fewshot=spec.num_fewshot, log_samples=True,
                     bootstrap_iters=spec.bootstrap_iters, gen_kwargs=spec.gen_kwargs,
                     apply_chat_template=spec.apply_chat_template,
@@ -166,6 +234,45 @@ class LmEvalRunner:
             n_samples=int(n_samples), seconds=seconds, model_load_seconds=load_seconds,
             raw=_json_safe({k: v for k, v in out.items() if k != "samples"}),
         )
+
+
+def _task_identity(task: Any, spec: EvalSpec) -> dict[str, Any]:
+    """What one lm-eval task evaluates: its config (functions by their source) and the content
+    of the docs the limit keeps (and of the few-shot pool when shots are drawn)."""
+    config = task.dump_config()
+    docs = task.eval_docs
+    count = _limited(len(docs), spec.limit)
+    identity = {"config": _digest(config), "n_docs": count,
+                "docs": _digest(list(itertools.islice(docs, count))),
+                "version": getattr(task, "VERSION", None)}
+    shots = spec.num_fewshot if spec.num_fewshot is not None else config.get("num_fewshot")
+    if shots:
+        with contextlib.suppress(Exception):  # a task without a few-shot split draws from its docs
+            identity["fewshot_docs"] = _digest(list(task.fewshot_docs() or []))
+    return identity
+
+
+def _limited(total: int, limit: int | float | None) -> int:
+    """How many docs lm-eval evaluates under ``limit`` (a count, or a fraction rounded up)."""
+    if limit is None:
+        return total
+    return min(total, math.ceil(total * limit) if limit < 1 else int(limit))
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=_stable).encode()).hexdigest()
+
+
+def _stable(value: Any) -> str:
+    """Functions (``!function`` in task YAMLs) by their source: an edit changes the key."""
+    if callable(value):
+        try:
+            source = inspect.getsource(value)
+        except (OSError, TypeError):
+            source = ""
+        name = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', value)}"
+        return f"{name}:{hashlib.sha256(source.encode()).hexdigest()}"
+    return _ADDRESS.sub("", str(value))
 
 
 def _one_line(exc: BaseException) -> str:
