@@ -4,6 +4,7 @@ requirements, and freeing a model when the process moves on to the next one."""
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import shutil
 import weakref
@@ -296,3 +297,42 @@ def test_cache_entries_are_plain_json(tiny: TinyWorld, tmp_path: Path):
     payload = json.loads(entry.read_text())
     assert payload["metrics"] == result.metrics and len(payload["samples"]) == 20
     assert payload["key"] == entry.stem and payload["schema"] == 1
+
+
+# -- other engines ------------------------------------------------------------------------------
+
+
+def test_engine_arguments_reach_lm_eval_untouched(tiny: TinyWorld):
+    """vllm's tensor_parallel_size / data_parallel_size (or any engine's own arguments) are passed
+    to lm-eval's model class exactly as written; here a registered HFLM subclass records them."""
+    from lm_eval.api.registry import register_model
+    from lm_eval.models.huggingface import HFLM
+
+    seen: list[str] = []
+
+    @register_model("modelreg-probe")
+    class Probe(HFLM):
+        @classmethod
+        def create_from_arg_string(cls, arg_string, additional_config=None):
+            seen.append(arg_string)
+            kept = ",".join(p for p in arg_string.split(",") if not p.startswith("engine_"))
+            return super().create_from_arg_string(kept, additional_config)
+
+    model_args = (f"pretrained={tiny.good},engine_tensor_parallel_size=2,"
+                  "engine_data_parallel_size=2,engine_gpu_memory_utilization=0.8")
+    runner = LmEvalRunner((tiny.tasks,))
+    result = runner.evaluate(EvalSpec(task="tiny_qa", model="modelreg-probe", model_args=model_args,
+                                      device="cpu", limit=5))
+    assert seen == [model_args] and result.n_samples == 5
+
+
+def test_a_missing_engine_is_a_one_line_error_with_the_install_command(tiny: TinyWorld):
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    from pytest_modelreg.errors import EvaluationError
+
+    runner = LmEvalRunner((tiny.tasks,))
+    with pytest.raises(EvaluationError, match=r"needs a package that is not installed .*"
+                                              r"pip install 'lm-eval\[vllm\]'"):
+        runner.evaluate(EvalSpec(task="tiny_qa", model="vllm", device="cpu", limit=5,
+                                 model_args=f"pretrained={tiny.good},tensor_parallel_size=2"))

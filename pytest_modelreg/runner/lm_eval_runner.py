@@ -107,6 +107,11 @@ class LmEvalRunner:
 
         try:
             model_class = lm_eval.api.registry.get_model(spec.model)
+        except ImportError as exc:  # e.g. vllm, sglang: an optional engine that is not installed
+            raise EvaluationError(
+                f"lm-eval model type {spec.model!r} needs a package that is not installed "
+                f"({_one_line(exc)}); install it, e.g. pip install 'lm-eval[{spec.model}]'"
+            ) from None
         except (ValueError, KeyError) as exc:
             raise EvaluationError(f"unknown lm-eval model type {spec.model!r} ({exc}); use hf, "
                                   "vllm, local-completions, ...") from None
