@@ -81,6 +81,17 @@ class BaselineStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.folder / ".modelreg.lock"), timeout=120)
 
+    def names(self) -> dict[str, Path]:
+        """Every baseline in the folder: its name (from the file, else the file's stem) -> file."""
+        found: dict[str, Path] = {}
+        for path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []:
+            try:
+                name = json.loads(path.read_text(encoding="utf-8")).get("name") or path.stem
+            except (OSError, ValueError, AttributeError):
+                name = path.stem  # a damaged file is still a baseline someone should look at
+            found[str(name)] = path
+        return found
+
     # -- reading ---------------------------------------------------------------------------
     def load(self, name: str) -> Baseline | None:
         """The baseline called ``name``, None when there is none; a damaged file raises."""

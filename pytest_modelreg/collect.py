@@ -43,7 +43,7 @@ class ReportCollector:
                     self.first_evaluation = self.first_evaluation or value
                     if value["fresh"]:
                         fresh.append(value)
-                        self.evaluations.append(value)
+                        self.evaluations.append({**value, "nodeid": nodeid})
         if when in ("teardown", "???"):
             self.finish(nodeid)
         return fresh

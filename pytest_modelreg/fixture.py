@@ -13,7 +13,7 @@ from .baselines import safe_name
 from .errors import CheckFailed
 from .results import EvalResult, samples_jsonl
 from .session import ModelregSession
-from .spec import EvalSpec, MetricCheck, build_spec, short_hash
+from .spec import EvalSpec, MetricCheck, build_spec, function_name, short_hash, spec_record
 from .verdict import Verdict
 
 VERDICT_PROPERTY = "modelreg_verdict"
@@ -32,7 +32,9 @@ def evaluation_summary(result: EvalResult, fresh: bool, artifact_dir: Path | Non
     """What the controller needs to log an evaluation: small, plain and picklable."""
     spec, provenance = result.spec, result.provenance
     settings = {k: v for k, v in dataclasses.asdict(spec).items()
-                if k not in ("task", "model", "model_args", "baseline_name", "seeds")}
+                if k not in ("task", "model", "model_args", "baseline_name", "seeds", "evaluator")}
+    if spec.evaluator is not None:
+        settings["evaluator"] = function_name(spec.evaluator)
     settings.update(spec.seed_dict())
     settings["device"] = provenance.get("hardware", {}).get("device", spec.device)
     return {
@@ -46,6 +48,8 @@ def evaluation_summary(result: EvalResult, fresh: bool, artifact_dir: Path | Non
         "model_load_seconds": round(result.model_load_seconds if fresh else 0.0, 3),
         "fresh": fresh,
         "cached": result.cached,
+        "cache_key": result.cache_key,
+        "spec": spec_record(spec),
         "cached_from": provenance.get("cached_from", {}),
         "settings": {k: "default" if v is None else str(v) for k, v in settings.items()},
         "versions": provenance.get("versions", {}),

@@ -6,6 +6,7 @@ has the plugin installed.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import sys
@@ -23,6 +24,7 @@ from .collect import ReportCollector
 from .errors import CheckFailed, ModelregError, ModelregUsageError
 from .fixture import TEST_PROPERTY, ModelregFixture, run_marker_checks
 from .gpus import unmet_gpu_requirement, visible_gpus, worker_gpus
+from .manifest import write_manifest
 from .progress import TerminalProgress
 from .provenance import git_state
 from .report import (
@@ -103,6 +105,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
         session.close()
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """``modelreg*.yaml`` / ``.yml`` files are suites: one test item per task (see suite.py)."""
+    if not fnmatch.fnmatch(file_path.name, "modelreg*.y*ml") or file_path.suffix not in (".yaml",
+                                                                                       ".yml"):
+        return None
+    from .suite import SuiteFile
+
+    return SuiteFile.from_parent(parent, path=file_path)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group markers
@@ -188,6 +200,8 @@ class ModelregController:
         self.settings = settings
         self.tracking = settings.tracking
         self.collector = ReportCollector(self._test_done)
+        self.deselected = 0
+        self.unused_baselines: list[str] = []
         self.artifact_dir: Path | None = None
         self.session_tracker: SessionTracker | None = None
         if self.tracking.enabled:
@@ -213,6 +227,10 @@ class ModelregController:
         return SessionTracker(record, self._make_tracker, self.tracking.spool_dir, self._warn)
 
     def _make_tracker(self) -> Any:
+        if self.tracking.backend == "wandb":
+            from .tracking.wandb_tracker import WandbTracker
+
+            return WandbTracker(self.tracking.experiment, self.tracking.parent_run_id)
         from .tracking.mlflow_tracker import MlflowTracker
 
         return MlflowTracker(self.tracking.tracking_uri, self.tracking.experiment,
@@ -262,8 +280,37 @@ class ModelregController:
         for value in fresh:
             self._write(f"modelreg: {evaluation_line(value)}")
 
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected += len(items)
+
+    def full_session(self) -> bool:
+        """Every test of the project was selected: no paths, -k, -m or deselection."""
+        option = self.config.option
+        return (self.config.args_source != pytest.Config.ArgsSource.ARGS and not self.deselected
+                and not getattr(option, "keyword", "") and not getattr(option, "markexpr", "")
+                and not getattr(option, "lf", False))
+
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.collector.flush()
+        self._write_manifest(exitstatus)
+        self._finish_tracking(exitstatus)
+
+    def _write_manifest(self, exitstatus: int) -> None:
+        """What the session evaluated, for ``baselines accept`` and ``baselines list --unused``."""
+        modelreg = self.config.stash[SESSION_KEY]
+        folder = modelreg.cache_dir()
+        self.unused_baselines = []
+        if not self.collector.evaluations:
+            return
+        full = self.full_session() and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
+        if folder is not None:
+            write_manifest(folder, baseline_dir=self.settings.baseline_dir, full_session=full,
+                           exitstatus=int(exitstatus), evaluations=self.collector.evaluations)
+        if full:
+            used = {v["baseline"] for v in self.collector.evaluations}
+            self.unused_baselines = sorted(set(modelreg.store.names()) - used)
+
+    def _finish_tracking(self, exitstatus: int) -> None:
         tracker = self.session_tracker
         if tracker is None or not tracker.session.tests:
             return
@@ -299,6 +346,11 @@ class ModelregController:
                 terminalreporter.write_line(f"modelreg: recorded baselines for "
                                             f"{', '.join(recorded)} in {self.settings.baseline_dir}")
         self._summarise_correction(terminalreporter)
+        if self.unused_baselines:
+            terminalreporter.write_line(
+                f"modelreg: {len(self.unused_baselines)} baseline(s) in {self.settings.baseline_dir} "
+                f"no test used: {', '.join(self.unused_baselines)} (delete them, or see: "
+                "pytest-modelreg baselines list --unused)", yellow=True)
         if line := cache_summary(self.collector.evaluations,
                                      self.config.stash[SESSION_KEY].cache_dir()):
             terminalreporter.write_line(f"modelreg: {line}")

@@ -65,6 +65,7 @@ class EvalResult:
     model_load_seconds: float = 0.0
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     cached: bool = False  # served from the persistent result cache, not evaluated now
+    cache_key: str | None = None  # its entry in the result cache (None: not cached)
     # How lm-eval aggregates each corpus metric's items (for the paired bootstrap).
     aggregators: dict[str, Callable[[list[Any]], float]] = field(
         default_factory=dict, repr=False, compare=False)

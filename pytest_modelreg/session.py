@@ -17,7 +17,7 @@ from .fingerprint import diff_fingerprints
 from .results import EvalResult, SampleOutcome
 from .runner import Evaluator, NullProgress, Progress
 from .settings import Settings
-from .spec import EvalSpec, MetricCheck
+from .spec import EvalSpec, MetricCheck, function_name
 from .stats import Comparison, compare_aggregates, compare_samples
 from .verdict import (
     CANNOT_COMPARE,
@@ -102,12 +102,19 @@ class ModelregSession:
                 raise cached
             return cached, False
         try:
-            result = self.evaluator.evaluate(spec)
+            result = self._evaluate_now(spec)
         except ModelregError as exc:
             self._results[spec] = exc
             raise
         self._results[spec] = result
         return result, True
+
+    def _evaluate_now(self, spec: EvalSpec) -> EvalResult:
+        if spec.evaluator is not None:  # the user's own function, not lm-eval
+            from .custom import FunctionEvaluator
+
+            return FunctionEvaluator(self.settings, self.progress, self.result_cache()).evaluate(spec)
+        return self.evaluator.evaluate(spec)
 
     def _claim_baseline_name(self, result: EvalResult) -> None:
         """Two evaluations with different settings must not share one baseline file."""
@@ -189,7 +196,10 @@ class ModelregSession:
 
 def baseline_from_result(result: EvalResult) -> Baseline:
     spec = result.spec
-    settings = {k: v for k, v in asdict(spec).items() if k not in ("seeds", "baseline_name")}
+    settings = {k: v for k, v in asdict(spec).items()
+                if k not in ("seeds", "baseline_name", "evaluator")}
+    if spec.evaluator is not None:
+        settings["evaluator"] = function_name(spec.evaluator)
     settings["model_args"] = result.provenance.get("model", {}).get("model_args", "")
     return Baseline(
         name=spec.baseline_name, task=spec.task,

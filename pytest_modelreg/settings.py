@@ -64,6 +64,8 @@ OPTIONS: tuple[Option, ...] = (
            ini=False),
     Option("mlflow_parent_run_id", "nest the session run under this existing MLflow run",
            env_name="MLFLOW_RUN_ID", ini=False),
+    Option("modelreg_tracker", "where sessions are tracked: mlflow, or wandb (pip install "
+           "'pytest-modelreg[wandb]'; the experiment is the W&B project)", "mlflow"),
     Option("no_mlflow", "do not log the session to MLflow", is_flag=True, env_name="MODELREG_NO_MLFLOW"),
     Option("mlflow_strict", "a tracking failure is a session error instead of a warning",
            is_flag=True),
@@ -96,6 +98,7 @@ class TrackingSettings:
     parent_run_id: str | None = None
     strict: bool = False
     spool_dir: Path = Path(".modelreg-spool")
+    backend: str = "mlflow"  # or "wandb"
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,7 @@ def _tracking(text: Callable[[str], tuple[str | None, str, Path]],
         parent_run_id=text("mlflow_parent_run_id")[0] or None,
         strict=_truthy(values["mlflow_strict"][0]),
         spool_dir=(spool_base / (spool or ".modelreg-spool")).resolve(),
+        backend=parse_choice(text("modelreg_tracker")[0], "--modelreg-tracker", ("mlflow", "wandb")),
     )
 
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ SEED_NAMES = ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_
 EVAL_ARGS = (
     "model", "model_args", "limit", "num_fewshot", "batch_size", "gen_kwargs",
     "apply_chat_template", "fewshot_as_multiturn", "system_instruction", "seed",
-    "bootstrap_iters", "baseline",
+    "bootstrap_iters", "baseline", "evaluator",
 )
 CHECK_ARGS = ("metrics", "min", "max", "tolerance", "max_gain")
 REQUIREMENT_ARGS = ("gpu", "min_gpu_memory")  # where a test can run, not what it computes
@@ -50,6 +50,8 @@ class EvalSpec:
     seeds: tuple[int, int, int, int] = DEFAULT_SEEDS
     bootstrap_iters: int = 100_000
     baseline_name: str = ""
+    # A user's function instead of lm-eval (models lm-eval does not evaluate); see custom.py.
+    evaluator: Callable[..., Any] | None = None
 
     @property
     def model_key(self) -> tuple[str, str, str, str]:
@@ -217,6 +219,10 @@ def build_spec(task: object, args: Mapping[str, Any], settings: Settings, where:
     if baseline is not None and (not isinstance(baseline, str) or not baseline.strip()):
         raise ModelregUsageError(f"{where}: baseline must be a name, got {baseline!r}")
     default_name = f"{task}--{model}-{short_hash(model, model_args)}" if overridden else task
+    evaluator = args.get("evaluator")
+    if evaluator is not None and not callable(evaluator):
+        raise ModelregUsageError(f"{where}: evaluator must be a function that evaluates the model, "
+                                 f"got {evaluator!r}")
     return EvalSpec(
         task=task.strip(),
         model=str(model),
@@ -232,6 +238,7 @@ def build_spec(task: object, args: Mapping[str, Any], settings: Settings, where:
         seeds=DEFAULT_SEEDS if seed is None else (seed, seed, seed, seed),
         bootstrap_iters=_int_arg("bootstrap_iters", args.get("bootstrap_iters"), where) or 100_000,
         baseline_name=(baseline or default_name).strip(),
+        evaluator=evaluator,
     )
 
 
@@ -267,3 +274,26 @@ def parse_requirements(kwargs: Mapping[str, Any], where: str) -> tuple[bool, flo
     memory = kwargs.get("min_gpu_memory")
     least = None if memory is None else parse_memory(memory, f"{where}: min_gpu_memory")
     return gpu or least is not None, least
+
+
+def function_name(function: Callable[..., Any]) -> str:
+    """``module.qualname`` of a user's evaluator, for params, reports and baselines."""
+    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', function)}"
+
+
+def spec_record(spec: EvalSpec) -> dict[str, Any]:
+    """An ``EvalSpec`` as plain JSON (a user's evaluator by its name), for ``spec_from_record``."""
+    from dataclasses import asdict
+
+    record = {k: v for k, v in asdict(spec).items() if k != "evaluator"}
+    record["seeds"] = list(spec.seeds)
+    if spec.evaluator is not None:
+        record["evaluator_name"] = function_name(spec.evaluator)
+    return record
+
+
+def spec_from_record(record: Mapping[str, Any]) -> EvalSpec:
+    """The ``EvalSpec`` of ``spec_record`` (without a user's evaluator function)."""
+    fields = {k: v for k, v in record.items() if k in EvalSpec.__dataclass_fields__}
+    fields["seeds"] = tuple(fields.get("seeds", DEFAULT_SEEDS))
+    return EvalSpec(**fields)

@@ -143,10 +143,12 @@ class LmEvalRunner:
             if hit is not None:
                 hit.aggregators = _corpus_aggregators(
                     hit.raw.get("configs", {}).get(spec.task, {}), hit.samples)
+                hit.cache_key = key
                 return hit
         result = self._evaluate(spec, manager, tasks, shown)
         if key is not None and self.cache is not None:
             self.cache.store(key, result)
+            result.cache_key = key
         return result
 
     def _build_tasks(self, spec: EvalSpec, manager: Any, shown: str) -> tuple[list[Any], Any]:
