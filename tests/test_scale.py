@@ -41,8 +41,11 @@ def test_an_unchanged_model_is_served_from_the_cache(project: pytest.Pytester, t
     first.assert_outcomes(passed=1)
     first.stdout.fnmatch_lines(["*modelreg: evaluated tiny_qa on hf (30 docs in * s; model "
                                 "loaded in * s)*"])
-    entries = list((project.path / ".pytest_cache" / "d" / "modelreg").rglob("*.json"))
-    assert len(entries) == 1
+    folder = project.path / ".pytest_cache" / "d" / "modelreg"
+    assert len(list(folder.glob("*/*.json"))) == 1  # one entry, beside the session manifest
+    manifest = json.loads((folder / "last-session.json").read_text())
+    assert [e["baseline"] for e in manifest["evaluations"]] == ["tiny_qa"]
+    assert manifest["evaluations"][0]["cache_key"] and manifest["full_session"]
 
     second = project.runpytest()
     second.assert_outcomes(passed=1)
