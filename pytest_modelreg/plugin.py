@@ -7,6 +7,7 @@ has the plugin installed.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import shutil
 import sys
@@ -31,6 +32,7 @@ from .report import (
     cache_summary,
     evaluation_line,
     holm_summary,
+    junit_properties,
     markdown_report,
     underpowered_summary,
     write_table,
@@ -272,6 +274,7 @@ class ModelregController:
                          f"'{self.tracking.experiment}'")
         return lines
 
+    @pytest.hookimpl(tryfirst=True)  # before junitxml reads the properties
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         message = report.longreprtext.strip().splitlines()[-1] if report.failed and \
             report.longreprtext.strip() else ""
@@ -279,6 +282,8 @@ class ModelregController:
                                    message, list(report.user_properties))
         for value in fresh:
             self._write(f"modelreg: {evaluation_line(value)}")
+        if report.when in ("teardown", "???"):  # junitxml writes the properties from this one
+            report.user_properties = junit_properties(report.user_properties)
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected += len(items)
@@ -294,6 +299,51 @@ class ModelregController:
         self.collector.flush()
         self._write_manifest(exitstatus)
         self._finish_tracking(exitstatus)
+        self._write_requested_reports(int(exitstatus))
+
+    def _notes(self) -> list[str]:
+        """The lines under the table: correction, power, cache, unused baselines, spool."""
+        modelreg = self.config.stash[SESSION_KEY]
+        notes = [holm_summary(self.collector.rows, self.settings),
+                 underpowered_summary(self.collector.rows),
+                 cache_summary(self.collector.evaluations, modelreg.cache_dir())]
+        if self.unused_baselines:
+            notes.append(f"{len(self.unused_baselines)} baseline(s) in {self.settings.baseline_dir} "
+                         f"no test used: {', '.join(self.unused_baselines)} (delete them, or see: "
+                         "pytest-modelreg baselines list --unused)")
+        return [note for note in notes if note]
+
+    def _report(self, exitstatus: int) -> dict[str, Any]:
+        """Everything the session decided, for --modelreg-json (and the MLflow artifact)."""
+        tracker = self.session_tracker
+        inner = tracker.tracker if tracker is not None else None
+        return {
+            "exitstatus": exitstatus,
+            "model": self.settings.model,
+            "baseline_dir": str(self.settings.baseline_dir),
+            "alpha": self.settings.alpha, "correction": self.settings.correction,
+            "rows": self.collector.rows,
+            "evaluations": self.collector.evaluations,
+            "notes": self._notes(),
+            "unused_baselines": self.unused_baselines,
+            "mlflow_run_id": getattr(inner, "run_id", None),
+            "mlflow_run_url": inner.run_url() if inner is not None and inner.run_id else None,
+            "spooled_to": str(tracker.spool_path) if tracker and tracker.spool_path else None,
+        }
+
+    def _write_requested_reports(self, exitstatus: int) -> None:
+        if not self.collector.evaluations and not self.collector.rows:
+            return
+        markdown = markdown_report(self.collector.rows, notes=self._notes())
+        if self.settings.json_report is not None:
+            atomic_write(self.settings.json_report,
+                         json.dumps(self._report(exitstatus), indent=2, default=str) + "\n")
+        if self.settings.markdown_report is not None:
+            atomic_write(self.settings.markdown_report, markdown)
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:  # GitHub Actions shows this file on the run's summary page
+            with open(summary, "a", encoding="utf-8") as handle:
+                handle.write(markdown + "\n")
 
     def _write_manifest(self, exitstatus: int) -> None:
         """What the session evaluated, for ``baselines accept`` and ``baselines list --unused``."""
@@ -333,7 +383,7 @@ class ModelregController:
         report_json = self.artifact_dir / "modelreg-report.json"
         report_md = self.artifact_dir / "modelreg-report.md"
         atomic_write(report_json, record.to_json())
-        atomic_write(report_md, markdown_report(self.collector.rows))
+        atomic_write(report_md, markdown_report(self.collector.rows, notes=self._notes()))
         return {"modelreg-report.json": str(report_json), "modelreg-report.md": str(report_md)}
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -68,10 +68,54 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_report(rows: Sequence[Mapping[str, Any]], *, title: str = "pytest-modelreg") -> str:
+def markdown_report(rows: Sequence[Mapping[str, Any]], *, title: str = "pytest-modelreg",
+                    notes: Sequence[str] = (), flipped_shown: int = 10) -> str:
+    """The session as markdown: the table, the notes (correction, power, cache, links) and, per
+    regression, the first docs that got worse (the JSON report and MLflow hold all of them)."""
     failed = sum(1 for r in rows if r.get("verdict") in FAILING)
     summary = f"{len(rows)} metric checks, {failed} failing" if rows else "no metric checks"
-    return f"# {title}\n\n{summary}\n\n{markdown_table(rows) if rows else ''}"
+    parts = [f"## {title}\n\n{summary}\n", markdown_table(rows) if rows else ""]
+    parts += [f"- {note}" for note in notes]
+    for row in rows:
+        worse = row.get("flipped") or []
+        if not worse:
+            continue
+        lines = [f"\n<details><summary>{row['task']}/{row['metric']}: {len(worse)} docs got "
+                 f"worse ({row['test']})</summary>\n", "| doc | prompt | before | after |",
+                 "|---|---|---:|---:|"]
+        for item in worse[:flipped_shown]:
+            prompt = str(item.get("prompt", "")).replace("|", "\\|")
+            lines.append(f"| {item['doc_id']} | {prompt} | {item['before']:g} | "
+                         f"{item['after']:g} |")
+        if len(worse) > flipped_shown:
+            lines.append(f"\n... and {len(worse) - flipped_shown} more in the JSON report")
+        parts.append("\n".join(lines) + "\n\n</details>")
+    return "\n".join(parts) + "\n"
+
+
+def junit_properties(properties: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The plugin's report properties as flat name/value pairs a JUnit XML reader can use:
+    ``modelreg.<task>.<metric>.<field>``; other plugins' properties are kept as they are."""
+    from .fixture import EVALUATION_PROPERTY, TEST_PROPERTY, VERDICT_PROPERTY
+
+    flat: list[tuple[str, Any]] = []
+    for name, value in properties:
+        if name == VERDICT_PROPERTY:
+            prefix = f"modelreg.{value['task']}.{value['metric']}"
+            flat += [(f"{prefix}.{field}", value[field]) for field in _JUNIT_VERDICT_FIELDS
+                     if value.get(field) is not None]
+        elif name == EVALUATION_PROPERTY:
+            prefix = f"modelreg.{value['task']}"
+            flat += [(f"{prefix}.{field}", value[field]) for field in _JUNIT_EVALUATION_FIELDS
+                     if value.get(field) not in (None, "")]
+        elif name != TEST_PROPERTY:
+            flat.append((name, value))
+    return flat
+
+
+_JUNIT_VERDICT_FIELDS = ("verdict", "current", "baseline", "delta", "ci_low", "ci_high", "p_value",
+                         "n", "mde", "method", "stderr")
+_JUNIT_EVALUATION_FIELDS = ("model", "model_sha256", "n_samples", "seconds", "cached")
 
 
 def holm_summary(rows: Sequence[Mapping[str, Any]], settings: Any) -> str | None:

@@ -181,6 +181,8 @@ class ModelregSession:
                               p_value=comparison.p_value, n=comparison.n, mde=comparison.mde,
                               method=comparison.method, underpowered=comparison.underpowered,
                               docs_needed=comparison.docs_needed)
+            if verdict.verdict == REGRESSED and comparison.paired and baseline is not None:
+                verdict = replace(verdict, flipped=worse_samples(result, baseline, check.metric))
         return verdict
 
     def checks_for(self, result: EvalResult, checks: list[MetricCheck] | None,
@@ -287,17 +289,23 @@ def describe(comparison: Comparison, result: EvalResult, baseline: Baseline,
     return verdict, text
 
 
-def flipped_samples(result: EvalResult, baseline: Baseline, metric: str, shown: int = 5) -> str:
-    """A few docs that were right in the baseline and are wrong now."""
+def worse_samples(result: EvalResult, baseline: Baseline, metric: str) -> list[dict[str, object]]:
+    """Every doc (joined on content) whose value got worse: right before, wrong now."""
     before = {doc_key(s): s.values.get(metric) for s in baseline.samples or []}
     higher = result.higher_is_better.get(metric, True)
-    worse = [s for s in result.samples
-             if (old := before.get(doc_key(s))) is not None and metric in s.values
-             and (s.values[metric] < old if higher else s.values[metric] > old)]
+    return [{"doc_id": s.doc_id, "prompt": s.prompt, "before": old, "after": s.values[metric]}
+            for s in result.samples
+            if (old := before.get(doc_key(s))) is not None and metric in s.values
+            and (s.values[metric] < old if higher else s.values[metric] > old)]
+
+
+def flipped_samples(result: EvalResult, baseline: Baseline, metric: str, shown: int = 5) -> str:
+    """A few docs that were right in the baseline and are wrong now (all go to the reports)."""
+    worse = worse_samples(result, baseline, metric)
     if not worse:
         return ""
-    listed = ", ".join(f"{s.doc_id} ({s.prompt!r})" if s.prompt else str(s.doc_id)
-                       for s in worse[:shown])
+    listed = ", ".join(f"{w['doc_id']} ({w['prompt']!r})" if w["prompt"] else str(w["doc_id"])
+                       for w in worse[:shown])
     return f"; worse on {len(worse)} docs, e.g. doc ids {listed}"
 
 

@@ -80,6 +80,10 @@ OPTIONS: tuple[Option, ...] = (
            "CUDA_VISIBLE_DEVICES (0: leave CUDA_VISIBLE_DEVICES alone)", "1"),
     Option("modelreg_xdist_group", "group tests of one model onto one xdist worker (with --dist "
            "loadgroup, each model loads once): model or none", "model"),
+    Option("modelreg_json", "write the session's report (verdicts, evaluations, flipped docs) "
+           "as JSON to this file"),
+    Option("modelreg_markdown", "write the session's summary as markdown to this file (also "
+           "appended to $GITHUB_STEP_SUMMARY when set)"),
     Option("modelreg_spool_dir", "where sessions are spooled when the tracking server cannot be "
            "reached (replay with: pytest-modelreg sync)", ".modelreg-spool"),
 )
@@ -117,6 +121,8 @@ class Settings:
     correction: str = "holm"
     strict: bool = False
     tracking: TrackingSettings = field(default_factory=lambda: TrackingSettings())
+    json_report: Path | None = None
+    markdown_report: Path | None = None
     cache_dir: Path | None = None  # None: pytest's cache folder (the plugin resolves it)
     cache: bool = True
     cache_endpoints: bool = False
@@ -165,6 +171,8 @@ def build_settings(
     baseline_dir, _, baseline_base = text("modelreg_baseline_dir")
     update_value = values["modelreg_update"][0]
     cache_dir, _, cache_base = text("modelreg_cache_dir")
+    json_report, _, json_base = text("modelreg_json")
+    markdown, _, markdown_base = text("modelreg_markdown")
     return Settings(
         model=parse_model(model or "hf"),
         model_args=parse_model_args(model_args or "", origin, env),
@@ -181,6 +189,8 @@ def build_settings(
         correction=parse_correction(*text("modelreg_correction")[:2]),
         tracking=_tracking(text, values),
         cache_dir=(cache_base / Path(cache_dir).expanduser()).resolve() if cache_dir else None,
+        json_report=(json_base / Path(json_report).expanduser()).resolve() if json_report else None,
+        markdown_report=(markdown_base / Path(markdown).expanduser()).resolve() if markdown else None,
         cache=not _truthy(values["modelreg_no_cache"][0]),
         cache_endpoints=_truthy(values["modelreg_cache_endpoints"][0]),
         gpus_per_worker=parse_gpus_per_worker(*text("modelreg_gpus_per_worker")[:2]),

@@ -52,6 +52,8 @@ class Verdict:
     underpowered: bool = False
     docs_needed: int | None = None
     strict: bool = False
+    # A regression's docs that got worse: doc_id, prompt (its start), before, after.
+    flipped: list[dict[str, object]] | None = None
 
     @property
     def failed(self) -> bool:

@@ -110,6 +110,17 @@ def params_of(test: TestRecord) -> dict[str, str]:
     return params
 
 
+def flipped_files(test: TestRecord) -> dict[str, str]:
+    """A regression's docs that got worse, all of them, as JSON lines per task and metric."""
+    files: dict[str, str] = {}
+    for row in test.verdicts:
+        if row.get("flipped"):
+            name = metric_key(row["task"], row["metric"]).replace("/", "--") + ".jsonl"
+            files[name] = "".join(json.dumps(w, sort_keys=True, default=str) + "\n"
+                                  for w in row["flipped"])
+    return files
+
+
 class Tracker(Protocol):
     """Where a session goes. ``resume`` makes every call idempotent (used by sync)."""
 

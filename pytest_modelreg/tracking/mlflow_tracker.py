@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import PARAM_LIMIT, SessionRecord, TestRecord, metrics_of, params_of
+from . import PARAM_LIMIT, SessionRecord, TestRecord, flipped_files, metrics_of, params_of
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_DEVELOPMENT = "custom_model_development"
@@ -117,6 +117,8 @@ class MlflowTracker:
                 if Path(path).exists():
                     self.client.log_artifact(run_id, path,
                                              artifact_path=f"evaluations/{evaluation['baseline']}")
+        for name, text in flipped_files(test).items():
+            self.client.log_text(run_id, text, f"flipped/{name}")
         metrics = metrics_of(test)
         self._log_batch(run_id, metrics=metrics, params=params_of(test), tags={
             "outcome": test.outcome, "verdict": test.verdict,
