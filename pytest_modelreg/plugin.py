@@ -7,6 +7,7 @@ has the plugin installed.
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import json
 import os
 import shutil
@@ -90,6 +91,10 @@ def pytest_configure(config: pytest.Config) -> None:
         # MLflow's own deprecation warnings (it works in a background thread, where a local
         # catch_warnings cannot reach) are not the user's to read in their session summary.
         config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:mlflow")
+    if settings.tracking.enabled and settings.tracking.backend == "wandb" \
+            and importlib.util.find_spec("wandb") is None:
+        raise pytest.UsageError("modelreg: --modelreg-tracker wandb needs the wandb package: "
+                                "pip install 'pytest-modelreg[wandb]'")
     controller = ModelregController(config, settings)
     session.artifact_dir = controller.artifact_dir
     config.pluginmanager.register(controller, "modelreg-controller")
@@ -225,7 +230,7 @@ class ModelregController:
                 git_state(self.settings.rootdir), os.environ),
             params=tracking_context.session_params(self.settings),
             tracking_uri=self.tracking.tracking_uri, experiment=self.tracking.experiment,
-            parent_run_id=self.tracking.parent_run_id)
+            parent_run_id=self.tracking.parent_run_id, backend=self.tracking.backend)
         return SessionTracker(record, self._make_tracker, self.tracking.spool_dir, self._warn)
 
     def _make_tracker(self) -> Any:
@@ -243,15 +248,22 @@ class ModelregController:
             tracker = self._make_tracker()
             tracker.connect()
         except Exception as exc:
+            fix = ("log in to W&B or set WANDB_MODE=offline" if self.tracking.backend == "wandb"
+                   else "start the server, fix --mlflow-tracking-uri")
             raise pytest.UsageError(
-                f"modelreg: MLflow tracking at {self._uri_text()} is not usable "
-                f"({type(exc).__name__}: {str(exc).strip()[:300]}); start the server, fix "
-                "--mlflow-tracking-uri, or drop --mlflow-strict") from None
+                f"modelreg: {self._backend_name()} tracking at {self._uri_text()} is not usable "
+                f"({type(exc).__name__}: {str(exc).strip()[:300]}); {fix}, or drop "
+                "--mlflow-strict") from None
         assert self.session_tracker is not None
         self.session_tracker.tracker = tracker
 
     def _uri_text(self) -> str:
+        if self.tracking.backend == "wandb":
+            return f"W&B ({os.environ.get('WANDB_MODE', 'online')})"
         return self.tracking.tracking_uri or "MLflow's default (sqlite:///mlflow.db)"
+
+    def _backend_name(self) -> str:
+        return "W&B" if self.tracking.backend == "wandb" else "MLflow"
 
     def _warn(self, message: str) -> None:
         self._write(f"modelreg: WARNING: {message}", yellow=True)
@@ -270,8 +282,9 @@ class ModelregController:
             return []
         lines = [f"modelreg: model {self.settings.model}, baselines in {self.settings.baseline_dir}"]
         if self.tracking.enabled:
-            lines.append(f"modelreg: MLflow tracking at {self._uri_text()}, experiment "
-                         f"'{self.tracking.experiment}'")
+            where = "project" if self.tracking.backend == "wandb" else "experiment"
+            lines.append(f"modelreg: {self._backend_name()} tracking at {self._uri_text()}, "
+                         f"{where} '{self.tracking.experiment}'")
         return lines
 
     @pytest.hookimpl(tryfirst=True)  # before junitxml reads the properties
@@ -420,15 +433,18 @@ class ModelregController:
             return
         if tracker.spool_path is not None:
             terminalreporter.write_line(
-                f"modelreg: MLflow was not reachable; the session is spooled in "
+                f"modelreg: {self._backend_name()} was not reachable; the session is spooled in "
                 f"{tracker.spool_path}; replay it with: pytest-modelreg sync", yellow=True)
         elif tracker.tracker is not None and tracker.tracker.run_id:
             inner = tracker.tracker
-            line = (f"modelreg: MLflow run {inner.run_id} in experiment "
+            line = (f"modelreg: {self._backend_name()} run {inner.run_id} in "
+                    f"{'project' if self.tracking.backend == 'wandb' else 'experiment'} "
                     f"'{self.tracking.experiment}' at {getattr(inner, 'tracking_uri', '')} "
                     f"(logging: {tracker.busy_seconds:.2f} s in the background, "
                     f"{tracker.wait_seconds:.2f} s waited)")
             terminalreporter.write_line(line)
+            if offline := getattr(inner, "offline_dir", None):
+                terminalreporter.write_line(f"modelreg: upload it with: wandb sync {offline}")
             if url := inner.run_url():
                 terminalreporter.write_line(f"modelreg: this session: {url}")
                 terminalreporter.write_line(f"modelreg: all sessions: {inner.runs_table_url()}")

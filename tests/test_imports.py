@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "lm_eval", "mlflow", "scipy", "matplotlib", "datasets")
+HEAVY = ("torch", "transformers", "lm_eval", "mlflow", "scipy", "matplotlib", "datasets", "wandb",
+         "sklearn")
 
 
 def imported_top_level(stderr: str) -> set[str]:

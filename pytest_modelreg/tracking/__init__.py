@@ -63,6 +63,7 @@ class SessionRecord:
     tracking_uri: str | None = None
     experiment: str = "pytest-modelreg"
     parent_run_id: str | None = None
+    backend: str = "mlflow"  # or "wandb": where sync replays it
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
@@ -183,7 +184,8 @@ class SessionTracker:
             text = str(exc).strip()
             self.failure = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
             self._warnings.append(
-                f"MLflow tracking failed ({self.failure}); the rest of this session is "
+                f"{'W&B' if self.session.backend == 'wandb' else 'MLflow'} tracking failed "
+                f"({self.failure}); the rest of this session is "
                 f"spooled to {self.spool_file} (replay with: pytest-modelreg sync)")
         finally:
             self.busy_seconds += time.perf_counter() - start
