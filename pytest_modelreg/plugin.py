@@ -168,7 +168,8 @@ def skip_unless_gpu_fits(markers: list[pytest.Mark], nodeid: str) -> None:
     need_gpu = any(gpu for gpu, _ in needs)
     least = max((memory for _, memory in needs if memory is not None), default=None)
     if (reason := unmet_gpu_requirement(need_gpu, least)) is not None:
-        pytest.skip(f"modelreg: {reason}")
+        # Reported at the test's own location (file:line), not this hook's.
+        raise pytest.skip.Exception(f"modelreg: {reason}", _use_item_location=True)
 
 
 @pytest.hookimpl(wrapper=True)

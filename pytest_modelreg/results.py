@@ -81,6 +81,9 @@ class EvalResult:
         """The key of ``name`` in ``metrics``; an unknown name lists the task's metrics."""
         if name in self.metrics:
             return name
+        base, _, _ = name.partition(",")
+        if base != name and base in self.metrics:
+            return base  # "exact_match,strict-match" where the task reports one filter only
         with_filter = [k for k in self.metrics if k.split(",", 1)[0] == name]
         if len(with_filter) == 1:
             return with_filter[0]
