@@ -210,6 +210,7 @@ class ModelregController:
         self.collector = ReportCollector(self._test_done)
         self.deselected = 0
         self.unused_baselines: list[str] = []
+        self.drift_lines: list[str] = []
         self.artifact_dir: Path | None = None
         self.session_tracker: SessionTracker | None = None
         if self.tracking.enabled:
@@ -321,6 +322,7 @@ class ModelregController:
         notes = [holm_summary(self.collector.rows, self.settings),
                  underpowered_summary(self.collector.rows),
                  cache_summary(self.collector.evaluations, modelreg.cache_dir())]
+        notes += self.drift_lines
         if self.unused_baselines:
             notes.append(f"{len(self.unused_baselines)} baseline(s) in {self.settings.baseline_dir} "
                          f"no test used: {', '.join(self.unused_baselines)} (delete them, or see: "
@@ -389,8 +391,31 @@ class ModelregController:
         label = tracking_context.model_label(self.settings.model, self.settings.model_args)
         record.run_name = self.tracking.run_name or tracking_context.run_name(
             record.started_at, label, outcome)
+        record.artifacts.update(self._check_drift())
         record.artifacts.update(self._write_reports(record))
         tracker.finish(status)
+
+    def _check_drift(self) -> dict[str, str]:
+        """--modelreg-drift-window N: each metric against the median of the last N sessions."""
+        window = self.settings.drift_window
+        if not window or self.tracking.backend != "mlflow" or not self.collector.rows:
+            return {}
+        from .drift import check_drift
+        from .history import higher_is_better, metric_history
+
+        def history(task: str, metric: str) -> list[Any]:
+            return metric_history(self.tracking.tracking_uri, self.tracking.experiment, task,
+                                  metric, last=window, verdicts=False)
+
+        try:
+            found, plots = check_drift(self.collector.rows, history, window, self.artifact_dir,
+                                       lambda metric: higher_is_better(metric))
+        except Exception as exc:  # the drift check never decides a test
+            self.drift_lines = [f"the drift check could not read the session history "
+                                f"({type(exc).__name__}: {str(exc).strip()[:200]})"]
+            return {}
+        self.drift_lines = [f"slow drift: {d.line()}" for d in found if d.drifted]
+        return plots
 
     def _write_reports(self, record: SessionRecord) -> dict[str, str]:
         assert self.artifact_dir is not None
@@ -410,6 +435,8 @@ class ModelregController:
                 terminalreporter.write_line(f"modelreg: recorded baselines for "
                                             f"{', '.join(recorded)} in {self.settings.baseline_dir}")
         self._summarise_correction(terminalreporter)
+        for line in self.drift_lines:
+            terminalreporter.write_line(f"modelreg: WARNING: {line}", yellow=True)
         if self.unused_baselines:
             terminalreporter.write_line(
                 f"modelreg: {len(self.unused_baselines)} baseline(s) in {self.settings.baseline_dir} "

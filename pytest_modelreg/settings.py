@@ -84,6 +84,8 @@ OPTIONS: tuple[Option, ...] = (
            "as JSON to this file"),
     Option("modelreg_markdown", "write the session's summary as markdown to this file (also "
            "appended to $GITHUB_STEP_SUMMARY when set)"),
+    Option("modelreg_drift_window", "compare each checked metric with the median of the last N "
+           "sessions in MLflow (slow drift) and log its trend plot; 0: off", "0"),
     Option("modelreg_spool_dir", "where sessions are spooled when the tracking server cannot be "
            "reached (replay with: pytest-modelreg sync)", ".modelreg-spool"),
 )
@@ -121,6 +123,7 @@ class Settings:
     correction: str = "holm"
     strict: bool = False
     tracking: TrackingSettings = field(default_factory=lambda: TrackingSettings())
+    drift_window: int = 0
     json_report: Path | None = None
     markdown_report: Path | None = None
     cache_dir: Path | None = None  # None: pytest's cache folder (the plugin resolves it)
@@ -189,6 +192,7 @@ def build_settings(
         correction=parse_correction(*text("modelreg_correction")[:2]),
         tracking=_tracking(text, values),
         cache_dir=(cache_base / Path(cache_dir).expanduser()).resolve() if cache_dir else None,
+        drift_window=parse_count(*text("modelreg_drift_window")[:2]),
         json_report=(json_base / Path(json_report).expanduser()).resolve() if json_report else None,
         markdown_report=(markdown_base / Path(markdown).expanduser()).resolve() if markdown else None,
         cache=not _truthy(values["modelreg_no_cache"][0]),
@@ -362,3 +366,14 @@ def parse_choice(value: str | None, origin: str, choices: tuple[str, ...]) -> st
     if choice not in choices:
         raise ModelregUsageError(f"{origin}: {value!r} is not one of {', '.join(choices)}")
     return choice
+
+
+def parse_count(value: str | None, origin: str) -> int:
+    try:
+        count = int(value or "0")
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ModelregUsageError(f"{origin}: {value!r} is not a number of sessions; use 0 (off) "
+                                 "or a whole number such as 10")
+    return count

@@ -100,3 +100,31 @@ def test_flipped_docs_become_one_file_per_metric():
     assert list(files) == ["tiny_qa--acc.jsonl"]
     assert json.loads(files["tiny_qa--acc.jsonl"]) == {"after": 0.0, "before": 1.0, "doc_id": 3,
                                                        "prompt": "the colour"}
+
+
+def test_slow_drift_against_the_median_of_recent_sessions(project: pytest.Pytester,
+                                                          tiny: TinyWorld, tmp_path):
+    """Baselines refreshed along the way hide a slide; the median of the sessions does not."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    project.makepyfile(test_quality=MARKED)
+    for _ in range(3):
+        project.makefile(".ini", pytest=tiny.ini(mlflow=True, mlflow_tracking_uri=uri))
+        steady = project.runpytest("--modelreg-update", "--modelreg-drift-window=3")
+        steady.assert_outcomes(passed=1)
+        assert "slow drift" not in steady.stdout.str()
+
+    project.makefile(".ini", pytest=tiny.ini(tiny.degraded, mlflow=True, mlflow_tracking_uri=uri))
+    slid = project.runpytest("--modelreg-update", "--modelreg-drift-window=3")
+    slid.assert_outcomes(passed=1)  # the refreshed baseline alone would never fail it
+    slid.stdout.fnmatch_lines(["*modelreg: WARNING: slow drift: tiny_qa/acc = 0.* is 0.* below "
+                               "the median 1.0000 of the last 3 sessions (more than 2 SE = *)*"])
+    client = MlflowClient(uri)
+    [experiment] = [e for e in client.search_experiments() if e.name == "pytest-modelreg"]
+    sessions = [r for r in client.search_runs([experiment.experiment_id],
+                                              order_by=["attributes.start_time DESC"])
+                if "mlflow.parentRunId" not in r.data.tags]
+    latest = sessions[0]
+    names = [a.path for a in client.list_artifacts(latest.info.run_id)]
+    assert "trend--tiny_qa--acc.png" in names
