@@ -98,6 +98,10 @@ class BaselineStore:
         path = self.json_path(name)
         if not path.exists():
             return None
+        return self.load_file(path)
+
+    def load_file(self, path: Path) -> Baseline:
+        """A baseline from its JSON file (and the samples file beside it); damage raises."""
         data = self._read_json(path)
         baseline = Baseline(
             name=data["name"], task=data["task"], metrics=data["metrics"],

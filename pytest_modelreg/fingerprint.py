@@ -50,6 +50,8 @@ def diff_fingerprints(recorded: Mapping[str, Any], current: Mapping[str, Any]) -
     differences = []
     for key in sorted(set(recorded) | set(current), key=lambda k: list(FIELD_LABELS).index(k)
                       if k in FIELD_LABELS else len(FIELD_LABELS)):
+        if key not in recorded:  # a field the baseline never recorded (imported aggregates,
+            continue             # an older plugin) is not a difference
         old, new = recorded.get(key), current.get(key)
         if old != new:
             label = FIELD_LABELS.get(key, key)

@@ -33,9 +33,15 @@ def write_manifest(cache_dir: Path, *, baseline_dir: Path, full_session: bool,
         entries.setdefault(key, {"nodeid": value.get("nodeid"), "task": value["task"],
                                  "baseline": value["baseline"], "spec": spec,
                                  "cache_key": value.get("cache_key")})
-    payload = {"schema": MANIFEST_SCHEMA, "finished_at": time.time(), "exitstatus": exitstatus,
+    finished = time.time()
+    used = sorted({e["baseline"] for e in entries.values()})
+    previous = read_manifest(cache_dir) or {}
+    # A partial session (-k, paths) must not hide what the last full one used.
+    last_full = ({"finished_at": finished, "baseline_dir": str(baseline_dir),
+                  "used_baselines": used} if full_session else previous.get("last_full"))
+    payload = {"schema": MANIFEST_SCHEMA, "finished_at": finished, "exitstatus": exitstatus,
                "baseline_dir": str(baseline_dir), "full_session": full_session,
-               "used_baselines": sorted({e["baseline"] for e in entries.values()}),
+               "used_baselines": used, "last_full": last_full,
                "evaluations": list(entries.values())}
     path = manifest_path(cache_dir)
     atomic_write(path, json.dumps(payload, indent=2, sort_keys=True, default=str))

@@ -364,8 +364,8 @@ class ModelregController:
     def _write_manifest(self, exitstatus: int) -> None:
         """What the session evaluated, for ``baselines accept`` and ``baselines list --unused``."""
         modelreg = self.config.stash[SESSION_KEY]
-        folder = modelreg.cache_dir()
-        self.unused_baselines = []
+        folder = modelreg.state_dir()  # also with --modelreg-no-cache: accept must not see an
+        self.unused_baselines = []     # older session's manifest
         if not self.collector.evaluations:
             return
         full = self.full_session() and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)

@@ -80,6 +80,10 @@ class ModelregSession:
         """Where results are cached: the option, else pytest's cache folder; None when off."""
         if not self.settings.cache:
             return None
+        return self.state_dir()
+
+    def state_dir(self) -> Path | None:
+        """The cache folder, also with the cache off: the session manifest lives there."""
         if self.settings.cache_dir is not None:
             return self.settings.cache_dir
         return self._default_cache_dir() if self._default_cache_dir is not None else None

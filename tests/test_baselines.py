@@ -78,3 +78,13 @@ def test_failed_write_keeps_the_old_file(tmp_path):
 def test_names_become_safe_file_names(tmp_path):
     store = BaselineStore(tmp_path)
     assert store.json_path("mmlu/abstract algebra").name == "mmlu_abstract_algebra.json"
+
+
+def test_fingerprint_fields_the_baseline_never_recorded_are_no_difference():
+    from pytest_modelreg.fingerprint import diff_fingerprints
+
+    imported = {"limit": 30, "num_fewshot": 0}  # aggregates only: no doc hashes to compare
+    current = {"limit": 30, "num_fewshot": 0, "docs": "ab12", "prompts": "cd34"}
+    assert diff_fingerprints(imported, current) == []
+    assert diff_fingerprints({**imported, "docs": "ff00"}, current) == ["doc set: ff00 -> ab12"]
+    assert diff_fingerprints(imported, {**current, "limit": 60}) == ["limit: 30 -> 60"]

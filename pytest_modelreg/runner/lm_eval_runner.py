@@ -200,47 +200,59 @@ class LmEvalRunner:
 
     def _result(self, spec: EvalSpec, out: dict[str, Any], lm: Any, seconds: float,
                 load_seconds: float) -> EvalResult:
-        task = spec.task
-        metrics, stderr, filters = _aggregate_metrics(out["results"].get(task, {}))
-        higher = out.get("higher_is_better", {}).get(task, {})
-        samples = _sample_outcomes(out.get("samples", {}), filters)
-        n_samples = out.get("n-samples", {}).get(task, {}).get("effective", len(samples))
-        task_config = out.get("configs", {}).get(task, {})
-        fingerprint = {
-            "task_version": out.get("versions", {}).get(task),
-            "task_config": config_hash(task_config) if task_config else None,
-            "docs": sha256_lines(f"{s.doc_id}:{s.doc_hash}" for s in samples),
-            "n_docs": len(samples),
-            "prompts": sha256_lines(f"{s.prompt_hash}:{s.target_hash}" for s in samples),
-            "num_fewshot": out.get("n-shot", {}).get(task, spec.num_fewshot),
-            "limit": spec.limit,
-            "gen_kwargs": spec.gen_kwargs,
-            "apply_chat_template": spec.apply_chat_template,
-            "fewshot_as_multiturn": spec.fewshot_as_multiturn,
-            "system_instruction": spec.system_instruction,
-            "fewshot_seed": spec.seeds[3],
-            "metrics": sorted(metrics),
-            "lm_eval_major": ".".join(str(out.get("lm_eval_version", "0.4")).split(".")[:2]),
-        }
-        device = getattr(lm, "device", None) or spec.device
-        provenance = {
-            "seeds": spec.seed_dict(),
-            "versions": library_versions(),
-            "hardware": hardware(str(device)),
-            "batch_size": str(getattr(lm, "batch_size", spec.batch_size)),
-            "git": git_state(self.rootdir),
-            "model": model_identity(spec.model, spec.model_args, self._hash_cache),
-            "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        aggregators = _corpus_aggregators(task_config, samples)
-        return EvalResult(
-            aggregators=aggregators,
-            spec=spec, metrics=metrics, stderr=stderr,
-            higher_is_better={m: bool(higher.get(m.split(",")[0], True)) for m in metrics},
-            samples=samples, fingerprint=fingerprint, provenance=provenance,
-            n_samples=int(n_samples), seconds=seconds, model_load_seconds=load_seconds,
-            raw=_json_safe({k: v for k, v in out.items() if k != "samples"}),
-        )
+        return result_from_output(
+            spec, out, device=str(getattr(lm, "device", None) or spec.device),
+            batch_size=str(getattr(lm, "batch_size", spec.batch_size)), rootdir=self.rootdir,
+            model_identity=model_identity(spec.model, spec.model_args, self._hash_cache),
+            seconds=seconds, model_load_seconds=load_seconds)
+
+
+def result_from_output(spec: EvalSpec, out: dict[str, Any], *, device: str, batch_size: str,
+                       rootdir: Path, model_identity: dict[str, Any], seconds: float = 0.0,
+                       model_load_seconds: float = 0.0) -> EvalResult:
+    """An ``EvalResult`` from the output of ``lm_eval.simple_evaluate(..., log_samples=True)``:
+    metrics, stderr, per-sample outcomes, fingerprint and provenance, without a loaded model
+    (``pytest-modelreg import`` builds baselines from lm-eval's results files with it)."""
+    task = spec.task
+    metrics, stderr, filters = _aggregate_metrics(out["results"].get(task, {}))
+    higher = out.get("higher_is_better", {}).get(task, {})
+    samples = _sample_outcomes(out.get("samples", {}), filters)
+    n_samples = out.get("n-samples", {}).get(task, {}).get("effective", len(samples))
+    task_config = out.get("configs", {}).get(task, {})
+    fingerprint = {
+        "task_version": out.get("versions", {}).get(task),
+        "task_config": config_hash(task_config) if task_config else None,
+        "docs": sha256_lines(f"{s.doc_id}:{s.doc_hash}" for s in samples),
+        "n_docs": len(samples),
+        "prompts": sha256_lines(f"{s.prompt_hash}:{s.target_hash}" for s in samples),
+        "num_fewshot": out.get("n-shot", {}).get(task, spec.num_fewshot),
+        "limit": spec.limit,
+        "gen_kwargs": spec.gen_kwargs,
+        "apply_chat_template": spec.apply_chat_template,
+        "fewshot_as_multiturn": spec.fewshot_as_multiturn,
+        "system_instruction": spec.system_instruction,
+        "fewshot_seed": spec.seeds[3],
+        "metrics": sorted(metrics),
+        "lm_eval_major": ".".join(str(out.get("lm_eval_version", "0.4")).split(".")[:2]),
+    }
+    provenance = {
+        "seeds": spec.seed_dict(),
+        "versions": library_versions(),
+        "hardware": hardware(device),
+        "batch_size": batch_size,
+        "git": git_state(rootdir),
+        "model": model_identity,
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    aggregators = _corpus_aggregators(task_config, samples)
+    return EvalResult(
+        aggregators=aggregators,
+        spec=spec, metrics=metrics, stderr=stderr,
+        higher_is_better={m: bool(higher.get(m.split(",")[0], True)) for m in metrics},
+        samples=samples, fingerprint=fingerprint, provenance=provenance,
+        n_samples=int(n_samples), seconds=seconds, model_load_seconds=model_load_seconds,
+        raw=_json_safe({k: v for k, v in out.items() if k != "samples"}),
+    )
 
 
 def _task_identity(task: Any, spec: EvalSpec) -> dict[str, Any]:
