@@ -704,9 +704,16 @@ def sync(spool_dir: Path, tracking_uri: str | None, experiment: str | None) -> i
     for path in files:
         try:
             record = SessionRecord.from_json(path.read_text(encoding="utf-8"))
-            tracker = MlflowTracker(tracking_uri or record.tracking_uri,
-                                    experiment or record.experiment, record.parent_run_id,
-                                    resume=True)
+            tracker: Any
+            if record.backend == "wandb":  # back where it was meant to go
+                from .tracking.wandb_tracker import WandbTracker
+
+                tracker = WandbTracker(experiment or record.experiment, record.parent_run_id,
+                                       resume=True)
+            else:
+                tracker = MlflowTracker(tracking_uri or record.tracking_uri,
+                                        experiment or record.experiment, record.parent_run_id,
+                                        resume=True)
             tracker.start(record)
             for test in record.tests:
                 tracker.log_test(record, test)
@@ -718,7 +725,8 @@ def sync(spool_dir: Path, tracking_uri: str | None, experiment: str | None) -> i
             continue
         shutil.rmtree(path.parent)
         print(f"pytest-modelreg sync: session {record.session_id} ({len(record.tests)} tests) "
-              f"-> MLflow run {tracker.run_id} at {tracker.tracking_uri}")
+              f"-> {'W&B' if record.backend == 'wandb' else 'MLflow'} run {tracker.run_id} at "
+              f"{tracker.tracking_uri}")
     return 1 if failures else 0
 
 
