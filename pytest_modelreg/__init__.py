@@ -4,10 +4,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .custom import FunctionOutput
 from .errors import BaselineError, CheckFailed, EvaluationError, ModelregError
 from .results import EvalResult, SampleOutcome
 from .stats import Comparison, compare_aggregates, compare_samples, holm
 
 __all__ = ["BaselineError", "CheckFailed", "Comparison", "EvalResult", "EvaluationError",
-           "ModelregError", "SampleOutcome", "__version__", "compare_aggregates", "compare_samples",
-           "holm"]
+           "FunctionOutput", "ModelregError", "SampleOutcome", "__version__", "compare_aggregates",
+           "compare_samples", "holm"]

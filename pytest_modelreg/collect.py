@@ -23,7 +23,7 @@ class ReportCollector:
     def add(self, nodeid: str, when: str, outcome: str, duration: float, message: str,
             properties: list[tuple[str, Any]]) -> list[dict[str, Any]]:
         """Take one report; returns the evaluations it announces for the first time."""
-        if not any(name == TEST_PROPERTY for name, _ in properties):
+        if not any(name in (TEST_PROPERTY, "modelreg.test") for name, _ in properties):
             return []
         record = self.pending.setdefault(nodeid, TestRecord(nodeid))
         record.duration += duration

@@ -98,6 +98,8 @@ def pytest_configure(config: pytest.Config) -> None:
     controller = ModelregController(config, settings)
     session.artifact_dir = controller.artifact_dir
     config.pluginmanager.register(controller, "modelreg-controller")
+    if getattr(config.option, "xmlpath", None):  # only --junitxml needs flat properties
+        config.pluginmanager.register(JunitProperties(), "modelreg-junit")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(controller), "modelreg-xdist")
 
@@ -289,7 +291,6 @@ class ModelregController:
                          f"{where} '{self.tracking.experiment}'")
         return lines
 
-    @pytest.hookimpl(tryfirst=True)  # before junitxml reads the properties
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         message = report.longreprtext.strip().splitlines()[-1] if report.failed and \
             report.longreprtext.strip() else ""
@@ -297,8 +298,6 @@ class ModelregController:
                                    message, list(report.user_properties))
         for value in fresh:
             self._write(f"modelreg: {evaluation_line(value)}")
-        if report.when in ("teardown", "???"):  # junitxml writes the properties from this one
-            report.user_properties = junit_properties(report.user_properties)
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected += len(items)
@@ -485,6 +484,17 @@ class ModelregController:
         reporter = self.config.pluginmanager.getplugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(line, **markup)
+
+
+class JunitProperties:
+    """Flat ``modelreg.<task>.<metric>.<field>`` properties for JUnit XML readers, written on
+    the teardown report (the one junitxml reads them from) before junitxml sees it; the
+    controller has taken what it needs from the call report by then."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when in ("teardown", "???"):
+            report.user_properties = junit_properties(report.user_properties)
 
 
 class XdistHooks:

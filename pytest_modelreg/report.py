@@ -108,7 +108,9 @@ def junit_properties(properties: Sequence[tuple[str, Any]]) -> list[tuple[str, A
             prefix = f"modelreg.{value['task']}"
             flat += [(f"{prefix}.{field}", value[field]) for field in _JUNIT_EVALUATION_FIELDS
                      if value.get(field) not in (None, "")]
-        elif name != TEST_PROPERTY:
+        elif name == TEST_PROPERTY:
+            flat.append(("modelreg.test", True))  # how the controller knows a modelreg test
+        else:
             flat.append((name, value))
     return flat
 
@@ -163,6 +165,10 @@ def evaluation_line(value: Mapping[str, Any]) -> str:
         took = f"{earlier.get('seconds', 0):.1f} s" if earlier.get("seconds") else "earlier"
         return (f"cached {what} ({value['n_samples']} docs; evaluated in {took}{when}; "
                 "--modelreg-no-cache to re-run)")
+    evaluator = (value.get("settings") or {}).get("evaluator")
+    if evaluator:  # a user's function: no model for the plugin to load
+        return (f"evaluated {value['task']} by {evaluator} ({value['n_samples']} docs in "
+                f"{value['seconds']:.1f} s)")
     load = value["model_load_seconds"]
     model = f"model loaded in {load:.1f} s" if load else "model reused"
     return f"evaluated {what} ({value['n_samples']} docs in {value['seconds']:.1f} s; {model})"

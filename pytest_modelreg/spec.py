@@ -277,15 +277,22 @@ def parse_requirements(kwargs: Mapping[str, Any], where: str) -> tuple[bool, flo
 
 
 def function_name(function: Callable[..., Any]) -> str:
-    """``module.qualname`` of a user's evaluator, for params, reports and baselines."""
-    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', function)}"
+    """``module.qualname`` of a user's evaluator, for params, reports and baselines (a
+    ``functools.partial`` by the function it wraps: its repr holds a memory address)."""
+    while hasattr(function, "func"):  # functools.partial, possibly nested
+        function = function.func
+    name = getattr(function, "__qualname__", None) or type(function).__qualname__
+    return f"{getattr(function, '__module__', '?')}.{name}"
 
 
 def spec_record(spec: EvalSpec) -> dict[str, Any]:
     """An ``EvalSpec`` as plain JSON (a user's evaluator by its name), for ``spec_from_record``."""
     from dataclasses import asdict
 
+    from .redact import redact_model_args
+
     record = {k: v for k, v in asdict(spec).items() if k != "evaluator"}
+    record["model_args"] = redact_model_args(spec.model_args)  # reports must not carry secrets
     record["seeds"] = list(spec.seeds)
     if spec.evaluator is not None:
         record["evaluator_name"] = function_name(spec.evaluator)
