@@ -81,6 +81,8 @@ def project(pytester: pytest.Pytester, tiny: TinyWorld, heavy_imports: None,
     # An inline run finds this plugin already imported and warns that it cannot rewrite its
     # asserts (seen with a non-editable install): noise in the summaries the tests read.
     monkeypatch.setenv("PYTEST_ADDOPTS", "-W ignore::pytest.PytestAssertRewriteWarning")
+    # Inner sessions must not append to a real CI run's summary page.
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     pytester.makefile(".ini", pytest=tiny.ini())
     return pytester
 
