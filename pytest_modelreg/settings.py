@@ -192,12 +192,15 @@ def build_settings(
         correction=parse_correction(*text("modelreg_correction")[:2]),
         tracking=_tracking(text, values),
         cache_dir=(cache_base / Path(cache_dir).expanduser()).resolve() if cache_dir else None,
-        drift_window=parse_count(*text("modelreg_drift_window")[:2]),
+        drift_window=parse_count(*text("modelreg_drift_window")[:2], 0,
+                                 "a number of sessions; use 0 (off) or e.g. 10"),
         json_report=(json_base / Path(json_report).expanduser()).resolve() if json_report else None,
         markdown_report=(markdown_base / Path(markdown).expanduser()).resolve() if markdown else None,
         cache=not _truthy(values["modelreg_no_cache"][0]),
         cache_endpoints=_truthy(values["modelreg_cache_endpoints"][0]),
-        gpus_per_worker=parse_gpus_per_worker(*text("modelreg_gpus_per_worker")[:2]),
+        gpus_per_worker=parse_count(*text("modelreg_gpus_per_worker")[:2], 1,
+                                    "a number of GPUs; use 1, 2, ... or 0 to leave "
+                                    "CUDA_VISIBLE_DEVICES alone"),
         xdist_group=parse_choice(*text("modelreg_xdist_group")[:2], ("model", "none")),
         configured=configured,
         rootdir=rootdir,
@@ -344,21 +347,7 @@ def parse_alpha(value: object, origin: str = "--modelreg-alpha") -> float:
 
 
 def parse_correction(value: str | None, origin: str = "--modelreg-correction") -> str:
-    correction = (value or "holm").lower()
-    if correction not in ("holm", "none"):
-        raise ModelregUsageError(f"{origin}: {value!r} is not a correction; use holm or none")
-    return correction
-
-
-def parse_gpus_per_worker(value: str | None, origin: str = "--modelreg-gpus-per-worker") -> int:
-    try:
-        count = int(value or "1")
-    except ValueError:
-        count = -1
-    if count < 0:
-        raise ModelregUsageError(f"{origin}: {value!r} is not a number of GPUs; use 1, 2, ... "
-                                 "or 0 to leave CUDA_VISIBLE_DEVICES alone")
-    return count
+    return parse_choice(value, origin, ("holm", "none"))
 
 
 def parse_choice(value: str | None, origin: str, choices: tuple[str, ...]) -> str:
@@ -368,12 +357,12 @@ def parse_choice(value: str | None, origin: str, choices: tuple[str, ...]) -> st
     return choice
 
 
-def parse_count(value: str | None, origin: str) -> int:
+def parse_count(value: str | None, origin: str, default: int, hint: str) -> int:
+    """A whole number >= 0 (``hint`` says what it counts and what 0 means)."""
     try:
-        count = int(value or "0")
+        count = int(value if value not in (None, "") else default)
     except ValueError:
         count = -1
     if count < 0:
-        raise ModelregUsageError(f"{origin}: {value!r} is not a number of sessions; use 0 (off) "
-                                 "or a whole number such as 10")
+        raise ModelregUsageError(f"{origin}: {value!r} is not {hint}")
     return count

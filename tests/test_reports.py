@@ -10,18 +10,7 @@ import pytest
 
 from pytest_modelreg.tracking import TestRecord, flipped_files
 from tests.conftest import TinyWorld, dedent
-
-MARKED = dedent("""
-    import pytest
-
-    @pytest.mark.modelreg(task="tiny_qa", metrics=["acc"])
-    def test_qa():
-        pass
-""")
-
-
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest("-p", "no:cacheprovider", *args)
+from tests.test_plugin import MARKED, run
 
 
 @pytest.fixture
