@@ -122,13 +122,13 @@ _JUNIT_EVALUATION_FIELDS = ("model", "model_sha256", "n_samples", "seconds", "ca
 
 def holm_summary(rows: Sequence[Mapping[str, Any]], settings: Any) -> str | None:
     """One line on the multiple-comparison correction, with the full Holm step-down."""
-    from .stats import holm
-
     tested = [r for r in rows if r.get("p_value") is not None]
     if not tested:
         return None
     if settings.correction == "none":
         return f"{len(tested)} baseline checks at alpha={settings.alpha:g} each (no correction)"
+    from .stats import holm
+
     rejected = holm([r["p_value"] for r in tested], settings.alpha)
     decided = sum(1 for r in tested if r.get("verdict") == "regressed")
     line = (f"Holm-Bonferroni over {len(tested)} baseline checks at alpha={settings.alpha:g}: "

@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .baselines import Baseline, BaselineStore
 from .cache import ResultCache
@@ -18,7 +19,6 @@ from .results import EvalResult, SampleOutcome
 from .runner import Evaluator, NullProgress, Progress
 from .settings import Settings
 from .spec import EvalSpec, MetricCheck, function_name
-from .stats import Comparison, compare_aggregates, compare_samples
 from .verdict import (
     CANNOT_COMPARE,
     INCONCLUSIVE,
@@ -29,6 +29,9 @@ from .verdict import (
     fmt,
     judge_metric,
 )
+
+if TYPE_CHECKING:  # scipy-backed statistics load when the first comparison is made
+    from .stats import Comparison
 
 EvaluatorFactory = Callable[[Settings, Progress, "ResultCache | None"], Evaluator]
 BOOTSTRAP_RESAMPLES = 10_000
@@ -226,6 +229,8 @@ def compare_with_baseline(result: EvalResult, baseline: Baseline, check: MetricC
                           alpha: float) -> Comparison:
     """Paired on the same docs when both sides have per-sample values whose mean is the metric;
     otherwise unpaired on the aggregates and their standard errors."""
+    from .stats import compare_aggregates, compare_samples
+
     metric = check.metric
     higher = result.higher_is_better.get(metric, True)
     base_value = baseline.value(metric) or 0.0
