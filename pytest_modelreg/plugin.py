@@ -215,16 +215,19 @@ class ModelregController:
         self.drift_lines: list[str] = []
         self.artifact_dir: Path | None = None
         self.session_tracker: SessionTracker | None = None
+        self.started_at = time.time()
         if self.tracking.enabled:
             self.artifact_dir = Path(tempfile.mkdtemp(prefix="pytest-modelreg-"))
-            self.session_tracker = self._session_tracker()
             if self.tracking.strict:
+                self.session_tracker = self._session_tracker()
                 self._connect_or_fail()
 
     # -- tracking --------------------------------------------------------------------------
     def _session_tracker(self) -> SessionTracker:
+        """Made when the first modelreg test reports (or at start under --mlflow-strict): a
+        session without modelreg tests never asks git for its state or starts a thread."""
         session_id = uuid.uuid4().hex
-        started = time.time()
+        started = self.started_at
         label = tracking_context.model_label(self.settings.model, self.settings.model_args)
         record = SessionRecord(
             session_id=session_id, started_at=started,
@@ -273,8 +276,10 @@ class ModelregController:
         self._write(f"modelreg: WARNING: {message}", yellow=True)
 
     def _test_done(self, test: TestRecord) -> None:
-        if self.session_tracker is None:
+        if not self.tracking.enabled:
             return
+        if self.session_tracker is None:
+            self.session_tracker = self._session_tracker()
         first = self.collector.first_evaluation
         if first is not None and not self.session_tracker.started:
             self.session_tracker.session.params.update(tracking_context.environment_params(first))
