@@ -6,10 +6,12 @@ Plain code: the plugin hands in each report's fields, so this is tested without 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .fixture import EVALUATION_PROPERTY, TEST_PROPERTY, VERDICT_PROPERTY
-from .tracking import TestRecord
+from .properties import EVALUATION_PROPERTY, FLAT_TEST_PROPERTY, TEST_PROPERTY, VERDICT_PROPERTY
+
+if TYPE_CHECKING:  # the tracking records load with the first modelreg test
+    from .tracking import TestRecord
 
 
 class ReportCollector:
@@ -23,8 +25,9 @@ class ReportCollector:
     def add(self, nodeid: str, when: str, outcome: str, duration: float, message: str,
             properties: list[tuple[str, Any]]) -> list[dict[str, Any]]:
         """Take one report; returns the evaluations it announces for the first time."""
-        if not any(name in (TEST_PROPERTY, "modelreg.test") for name, _ in properties):
+        if not any(name in (TEST_PROPERTY, FLAT_TEST_PROPERTY) for name, _ in properties):
             return []
+        from .tracking import TestRecord
         record = self.pending.setdefault(nodeid, TestRecord(nodeid))
         record.duration += duration
         fresh: list[dict[str, Any]] = []

@@ -11,20 +11,19 @@ from typing import Any
 
 from .baselines import safe_name
 from .errors import CheckFailed
+from .properties import EVALUATION_PROPERTY, TEST_PROPERTY, VERDICT_PROPERTY
 from .results import EvalResult, samples_jsonl
 from .session import ModelregSession
 from .spec import EvalSpec, MetricCheck, build_spec, function_name, short_hash, spec_record
 from .verdict import Verdict
 
-VERDICT_PROPERTY = "modelreg_verdict"
-EVALUATION_PROPERTY = "modelreg_evaluation"
+__all__ = ["EVALUATION_PROPERTY", "TEST_PROPERTY", "VERDICT_PROPERTY", "ModelregFixture",
+           "run_marker_checks"]
 
 
 def record_hint(nodeid: str) -> str:
     return f"pytest --modelreg-update {shlex.quote(nodeid)}"
 
-
-TEST_PROPERTY = "modelreg_test"
 
 
 def evaluation_summary(result: EvalResult, fresh: bool, artifact_dir: Path | None

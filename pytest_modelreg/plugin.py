@@ -17,34 +17,24 @@ import time
 import uuid
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .baselines import atomic_write
 from .collect import ReportCollector
 from .errors import CheckFailed, ModelregError, ModelregUsageError
-from .fixture import TEST_PROPERTY, ModelregFixture, run_marker_checks
-from .gpus import unmet_gpu_requirement, visible_gpus, worker_gpus
-from .manifest import write_manifest
-from .progress import TerminalProgress
-from .provenance import git_state
-from .report import (
-    cache_summary,
-    evaluation_line,
-    holm_summary,
-    junit_properties,
-    markdown_report,
-    underpowered_summary,
-    write_table,
-)
-from .session import ModelregSession, count_planned_checks
+from .properties import TEST_PROPERTY
 from .settings import OPTIONS, Settings, build_settings
-from .spec import parse_marker, parse_requirements, short_hash
-from .tracking import SessionRecord, SessionTracker, TestRecord
-from .tracking import context as tracking_context
 
-SESSION_KEY = pytest.StashKey[ModelregSession]()
+# Everything else is imported where it is used: pytest loads this module in every session of
+# every project that has the plugin installed, and most never run a modelreg test.
+if TYPE_CHECKING:
+    from .fixture import ModelregFixture
+    from .session import ModelregSession
+    from .tracking import SessionRecord, SessionTracker, TestRecord
+
+SESSION_KEY = pytest.StashKey["ModelregSession"]()
+SETUP_KEY = pytest.StashKey["SessionSetup"]()
 PARSED_KEY = pytest.StashKey[list]()
 ARTIFACT_DIR_INPUT = "modelreg_artifact_dir"
 MARKER_HELP = ("modelreg(task, metrics=None, limit=None, num_fewshot=None, min=None, max=None, "
@@ -78,13 +68,11 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"modelreg: {exc}") from None
     # Capture is suspended while plugins configure, so sys.stdout is the real terminal here.
     worker_input = getattr(config, "workerinput", None)
-    live = sys.stdout.isatty() and worker_input is None
-    session = ModelregSession(settings, progress=TerminalProgress(config, live=live),
-                              default_cache_dir=_pytest_cache_dir(config))
-    config.stash[SESSION_KEY] = session
+    setup = SessionSetup(settings, live=sys.stdout.isatty() and worker_input is None)
+    config.stash[SETUP_KEY] = setup
     if worker_input is not None:
         folder = worker_input.get(ARTIFACT_DIR_INPUT)
-        session.artifact_dir = Path(folder) if folder else None
+        setup.artifact_dir = Path(folder) if folder else None
         config.pluginmanager.register(XdistGroupIds(), "modelreg-xdist-group-ids")
         return
     if settings.tracking.enabled:
@@ -96,12 +84,37 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("modelreg: --modelreg-tracker wandb needs the wandb package: "
                                 "pip install 'pytest-modelreg[wandb]'")
     controller = ModelregController(config, settings)
-    session.artifact_dir = controller.artifact_dir
+    setup.artifact_dir = controller.artifact_dir
     config.pluginmanager.register(controller, "modelreg-controller")
     if getattr(config.option, "xmlpath", None):  # only --junitxml needs flat properties
         config.pluginmanager.register(JunitProperties(), "modelreg-junit")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(controller), "modelreg-xdist")
+
+
+class SessionSetup:
+    """What pytest_configure knows; the session object itself is made on first use."""
+
+    def __init__(self, settings: Settings, live: bool) -> None:
+        self.settings = settings
+        self.live = live
+        self.artifact_dir: Path | None = None
+
+
+def modelreg_session(config: pytest.Config) -> ModelregSession:
+    """The session object in ``config.stash``, made when something first needs it: a session
+    without modelreg tests never imports the evaluation machinery."""
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None:
+        from .progress import TerminalProgress
+        from .session import ModelregSession
+
+        setup = config.stash[SETUP_KEY]
+        session = ModelregSession(setup.settings, progress=TerminalProgress(config, live=setup.live),
+                                  default_cache_dir=_pytest_cache_dir(config))
+        session.artifact_dir = setup.artifact_dir
+        config.stash[SESSION_KEY] = session
+    return session
 
 
 def _pytest_cache_dir(config: pytest.Config) -> Callable[[], Path] | None:
@@ -128,13 +141,19 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    session = config.stash[SESSION_KEY]
+    ours = [item for item in items if item.get_closest_marker("modelreg") is not None
+            or "modelreg" in getattr(item, "fixturenames", ())]
+    if not ours:
+        return
+    from .session import count_planned_checks
+
+    session = modelreg_session(config)
     # Every process (xdist workers too) collects the same items, so all count the same m.
     session.planned_checks = count_planned_checks(
         ([m.kwargs.get("metrics") for m in item.iter_markers("modelreg")],
-         "modelreg" in getattr(item, "fixturenames", ())) for item in items)
+         "modelreg" in getattr(item, "fixturenames", ())) for item in ours)
     if session.settings.xdist_group == "model" and config.pluginmanager.hasplugin("xdist"):
-        for item in items:
+        for item in ours:
             group_by_model(item, session.settings)
 
 
@@ -146,6 +165,8 @@ def group_by_model(item: pytest.Item, settings: Settings) -> None:
         return
     if item.get_closest_marker("xdist_group") is not None:
         return
+    from .spec import short_hash
+
     kwargs = markers[0].kwargs if markers else {}
     model = kwargs.get("model") or settings.model
     model_args = settings.model_args if kwargs.get("model_args") is None else kwargs["model_args"]
@@ -158,7 +179,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if markers or "modelreg" in getattr(item, "fixturenames", ()):
         item.user_properties.append((TEST_PROPERTY, True))
     if markers:
-        settings = item.config.stash[SESSION_KEY].settings
+        from .spec import parse_marker
+
+        settings = item.config.stash[SETUP_KEY].settings
         item.stash[PARSED_KEY] = [parse_marker(m.args, m.kwargs, settings, item.nodeid)
                                   for m in reversed(markers)]
         skip_unless_gpu_fits(markers, item.nodeid)
@@ -166,6 +189,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def skip_unless_gpu_fits(markers: list[pytest.Mark], nodeid: str) -> None:
     """``gpu=True`` / ``min_gpu_memory=...``: skip, saying why, where no such GPU is visible."""
+    from .gpus import unmet_gpu_requirement
+    from .spec import parse_requirements
+
     needs = [parse_requirements(m.kwargs, nodeid) for m in markers]
     need_gpu = any(gpu for gpu, _ in needs)
     least = max((memory for _, memory in needs if memory is not None), default=None)
@@ -179,7 +205,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     outcome = yield
     parsed = item.stash.get(PARSED_KEY, None)
     if parsed:
-        run_marker_checks(item.config.stash[SESSION_KEY], item, parsed)
+        from .fixture import run_marker_checks
+
+        run_marker_checks(modelreg_session(item.config), item, parsed)
     return outcome
 
 
@@ -196,7 +224,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
 @pytest.fixture
 def modelreg(request: pytest.FixtureRequest) -> ModelregFixture:
     """Evaluate lm-eval tasks in a test: ``modelreg.evaluate("piqa").check("acc", min=0.6)``."""
-    return ModelregFixture(request.config.stash[SESSION_KEY], request.node)
+    from .fixture import ModelregFixture
+
+    return ModelregFixture(modelreg_session(request.config), request.node)
 
 
 class ModelregController:
@@ -228,6 +258,10 @@ class ModelregController:
         session without modelreg tests never asks git for its state or starts a thread."""
         session_id = uuid.uuid4().hex
         started = self.started_at
+        from .provenance import git_state
+        from .tracking import SessionRecord, SessionTracker
+        from .tracking import context as tracking_context
+
         label = tracking_context.model_label(self.settings.model, self.settings.model_args)
         record = SessionRecord(
             session_id=session_id, started_at=started,
@@ -282,6 +316,8 @@ class ModelregController:
             self.session_tracker = self._session_tracker()
         first = self.collector.first_evaluation
         if first is not None and not self.session_tracker.started:
+            from .tracking import context as tracking_context
+
             self.session_tracker.session.params.update(tracking_context.environment_params(first))
         self.session_tracker.log_test(test)
 
@@ -301,8 +337,11 @@ class ModelregController:
             report.longreprtext.strip() else ""
         fresh = self.collector.add(report.nodeid, report.when, report.outcome, report.duration,
                                    message, list(report.user_properties))
-        for value in fresh:
-            self._write(f"modelreg: {evaluation_line(value)}")
+        if fresh:
+            from .report import evaluation_line
+
+            for value in fresh:
+                self._write(f"modelreg: {evaluation_line(value)}")
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected += len(items)
@@ -320,9 +359,16 @@ class ModelregController:
         self._finish_tracking(exitstatus)
         self._write_requested_reports(int(exitstatus))
 
+    def _cache_line(self) -> str | None:
+        from .report import cache_summary
+
+        return cache_summary(self.collector.evaluations, modelreg_session(self.config).cache_dir())
+
     def _notes(self) -> list[str]:
         """The lines under the table: correction, power, cache, unused baselines, spool."""
-        modelreg = self.config.stash[SESSION_KEY]
+        from .report import cache_summary, holm_summary, underpowered_summary
+
+        modelreg = modelreg_session(self.config)
         notes = [holm_summary(self.collector.rows, self.settings),
                  underpowered_summary(self.collector.rows),
                  cache_summary(self.collector.evaluations, modelreg.cache_dir())]
@@ -354,6 +400,9 @@ class ModelregController:
     def _write_requested_reports(self, exitstatus: int) -> None:
         if not self.collector.evaluations and not self.collector.rows:
             return
+        from .baselines import atomic_write
+        from .report import markdown_report
+
         markdown = markdown_report(self.collector.rows, notes=self._notes())
         if self.settings.json_report is not None:
             atomic_write(self.settings.json_report,
@@ -367,11 +416,14 @@ class ModelregController:
 
     def _write_manifest(self, exitstatus: int) -> None:
         """What the session evaluated, for ``baselines accept`` and ``baselines list --unused``."""
-        modelreg = self.config.stash[SESSION_KEY]
-        folder = modelreg.state_dir()  # also with --modelreg-no-cache: accept must not see an
-        self.unused_baselines = []     # older session's manifest
+        self.unused_baselines = []
         if not self.collector.evaluations:
             return
+        from .manifest import write_manifest
+
+        modelreg = modelreg_session(self.config)
+        # Also with --modelreg-no-cache: accept must not see an older session's manifest.
+        folder = modelreg.state_dir()
         full = self.full_session() and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
         if folder is not None:
             write_manifest(folder, baseline_dir=self.settings.baseline_dir, full_session=full,
@@ -392,6 +444,8 @@ class ModelregController:
         outcome = {"FINISHED": "passed", "KILLED": "interrupted"}.get(status, "failed")
         record = tracker.session
         record.tags["outcome"] = outcome
+        from .tracking import context as tracking_context
+
         label = tracking_context.model_label(self.settings.model, self.settings.model_args)
         record.run_name = self.tracking.run_name or tracking_context.run_name(
             record.started_at, label, outcome)
@@ -425,6 +479,9 @@ class ModelregController:
         assert self.artifact_dir is not None
         report_json = self.artifact_dir / "modelreg-report.json"
         report_md = self.artifact_dir / "modelreg-report.md"
+        from .baselines import atomic_write
+        from .report import markdown_report
+
         atomic_write(report_json, record.to_json())
         atomic_write(report_md, markdown_report(self.collector.rows, notes=self._notes()))
         return {"modelreg-report.json": str(report_json), "modelreg-report.md": str(report_md)}
@@ -432,6 +489,8 @@ class ModelregController:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         rows = self.collector.rows
         if rows:
+            from .report import write_table
+
             terminalreporter.section("modelreg")
             write_table(terminalreporter, rows)
             recorded = sorted({r["task"] for r in rows if r["verdict"] == "recorded"})
@@ -446,12 +505,15 @@ class ModelregController:
                 f"modelreg: {len(self.unused_baselines)} baseline(s) in {self.settings.baseline_dir} "
                 f"no test used: {', '.join(self.unused_baselines)} (delete them, or see: "
                 "pytest-modelreg baselines list --unused)", yellow=True)
-        if line := cache_summary(self.collector.evaluations,
-                                     self.config.stash[SESSION_KEY].cache_dir()):
+        if self.collector.evaluations and (line := self._cache_line()):
             terminalreporter.write_line(f"modelreg: {line}")
         self._summarise_tracking(terminalreporter)
 
     def _summarise_correction(self, terminalreporter: Any) -> None:
+        if not self.collector.rows:
+            return
+        from .report import holm_summary, underpowered_summary
+
         line = holm_summary(self.collector.rows, self.settings)
         if line:
             terminalreporter.write_line(f"modelreg: {line}")
@@ -499,6 +561,8 @@ class JunitProperties:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when in ("teardown", "???"):
+            from .report import junit_properties
+
             report.user_properties = junit_properties(report.user_properties)
 
 
@@ -519,6 +583,8 @@ class XdistHooks:
         settings = self.controller.settings
         if not settings.configured or settings.gpus_per_worker == 0:
             return
+        from .gpus import visible_gpus, worker_gpus
+
         gpus = visible_gpus(os.environ)
         if not gpus:
             return

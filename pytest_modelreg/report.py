@@ -96,7 +96,12 @@ def markdown_report(rows: Sequence[Mapping[str, Any]], *, title: str = "pytest-m
 def junit_properties(properties: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """The plugin's report properties as flat name/value pairs a JUnit XML reader can use:
     ``modelreg.<task>.<metric>.<field>``; other plugins' properties are kept as they are."""
-    from .fixture import EVALUATION_PROPERTY, TEST_PROPERTY, VERDICT_PROPERTY
+    from .properties import (
+        EVALUATION_PROPERTY,
+        FLAT_TEST_PROPERTY,
+        TEST_PROPERTY,
+        VERDICT_PROPERTY,
+    )
 
     flat: list[tuple[str, Any]] = []
     for name, value in properties:
@@ -109,7 +114,7 @@ def junit_properties(properties: Sequence[tuple[str, Any]]) -> list[tuple[str, A
             flat += [(f"{prefix}.{field}", value[field]) for field in _JUNIT_EVALUATION_FIELDS
                      if value.get(field) not in (None, "")]
         elif name == TEST_PROPERTY:
-            flat.append(("modelreg.test", True))  # how the controller knows a modelreg test
+            flat.append((FLAT_TEST_PROPERTY, True))  # how the controller knows a modelreg test
         else:
             flat.append((name, value))
     return flat

@@ -420,9 +420,9 @@ class SuiteFile(pytest.File):
     """A ``modelreg*.yaml`` file: one test item per task."""
 
     def collect(self) -> Iterator[SuiteItem]:
-        from .plugin import SESSION_KEY
+        from .plugin import SETUP_KEY
 
-        settings = self.config.stash[SESSION_KEY].settings
+        settings = self.config.stash[SETUP_KEY].settings
         try:
             text = self.path.read_text(encoding="utf-8")
             cases, notes = read_suite(load_yaml(text, self.nodeid), self.nodeid, settings,

@@ -40,7 +40,11 @@ def test_session_without_modelreg_tests_imports_nothing_heavy(pytester: pytest.P
     pytester.makepyfile("def test_plain():\n    assert 1 + 1 == 2\n")
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=1)
-    modules = {m.split(".")[0] for m in json.loads((pytester.path / "modules.json").read_text())}
+    loaded = set(json.loads((pytester.path / "modules.json").read_text()))
+    modules = {m.split(".")[0] for m in loaded}
     assert "pytest_modelreg" in modules
     assert not modules & set(HEAVY)
+    # Not even the plugin's own evaluation machinery: the session object is made on first use.
+    assert not loaded & {"pytest_modelreg.session", "pytest_modelreg.stats",
+                         "pytest_modelreg.baselines", "pytest_modelreg.tracking"}
     assert "modelreg:" not in result.stdout.str()  # not even a header line
