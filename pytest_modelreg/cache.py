@@ -14,6 +14,7 @@ Plain code: the runner computes the task identity with lm-eval and hands it in.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import re
@@ -28,6 +29,7 @@ from .spec import EvalSpec
 
 CACHE_SCHEMA = 1
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _PATH_ARGS = ("pretrained", "gguf_file", "tokenizer")  # covered by the files' hash when local
 
 
@@ -55,7 +57,7 @@ def model_key_part(spec: EvalSpec, identity: dict[str, Any]) -> dict[str, Any]:
         # The files' hash stands for the paths: the same weights in another checkout still hit.
         args = {k: v for k, v in args.items() if k not in _PATH_ARGS}
     identity = {k: v for k, v in identity.items() if k not in ("model_args", "files")}
-    return {"identity": identity, "args": _digest(args), "device": spec.device,
+    return {"identity": identity, "args": digest(args), "device": spec.device,
             "batch_size": spec.batch_size}
 
 
@@ -65,11 +67,24 @@ def cache_key(spec: EvalSpec, model_part: dict[str, Any], tasks: dict[str, Any],
                 if k not in ("task", "model_args", "device", "batch_size", "baseline_name")}
     parts = {"schema": CACHE_SCHEMA, "task": spec.task, "model": model_part,
              "settings": settings, "tasks": tasks, "versions": versions}
-    return _digest(parts)
+    return digest(parts)
 
 
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+def digest(value: Any) -> str:
+    """sha256 of ``value`` as canonical JSON; functions by their source, no memory addresses."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=_stable).encode()).hexdigest()
+
+
+def _stable(value: Any) -> str:
+    """Functions (``!function`` in task YAMLs) by their source: an edit changes the key."""
+    if callable(value):
+        try:
+            source = inspect.getsource(value)
+        except (OSError, TypeError):
+            source = ""
+        name = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', value)}"
+        return f"{name}:{hashlib.sha256(source.encode()).hexdigest()}"
+    return _ADDRESS.sub("", str(value))
 
 
 class ResultCache:

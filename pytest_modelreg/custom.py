@@ -48,7 +48,7 @@ from typing import Any
 from .cache import ResultCache, cache_key, uncacheable_reason
 from .errors import EvaluationError
 from .fingerprint import sha256_lines
-from .models import _file_sha256, model_identity, resolve_device
+from .models import file_sha256, model_identity, resolve_device
 from .provenance import git_state, hardware, library_versions
 from .redact import redact_model_args
 from .results import EvalResult, SampleOutcome
@@ -118,6 +118,7 @@ class FunctionEvaluator:
         self.settings = settings
         self.progress: Progress = progress or NullProgress()
         self.cache = cache
+        self._hash_cache: dict[tuple[str, int, int], str] = {}  # each file hashed once
 
     def close(self) -> None:
         """Nothing to release: the user's function loads and drops its own model."""
@@ -125,7 +126,7 @@ class FunctionEvaluator:
     def evaluate(self, spec: EvalSpec) -> EvalResult:
         if spec.evaluator is None:
             raise EvaluationError(f"{spec.task}: no evaluator function to run")
-        identity = function_model_identity(spec.model, spec.model_args)
+        identity = function_model_identity(spec.model, spec.model_args, self._hash_cache)
         key = self._cache_key(spec, identity)
         if key is not None and self.cache is not None:
             hit = self.cache.load(key, spec)
@@ -708,14 +709,13 @@ def imported_versions(function: Callable[..., Any]) -> dict[str, str]:
 
 # -- the model's identity --------------------------------------------------------------------
 
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}  # per process: each file hashed once
-
-
-def function_model_identity(model: str, model_args: str) -> dict[str, Any]:
+def function_model_identity(model: str, model_args: str,
+                            cache: dict[tuple[str, int, int], str] | None = None) -> dict[str, Any]:
     """What the model is: every model_arg that names a local file or folder, hashed by content
     (every file in it: a function's model may be ONNX, joblib, Keras...); otherwise what
     ``models.model_identity`` says (a hub id, an endpoint)."""
-    identity = model_identity(model, model_args, _FILE_HASHES)
+    cache = {} if cache is None else cache
+    identity = model_identity(model, model_args, cache)
     args = split_model_args(model_args)
     if "base_url" in args:
         return identity
@@ -726,7 +726,7 @@ def function_model_identity(model: str, model_args: str) -> dict[str, Any]:
     lines, names = [], []
     for key, path in sorted(paths.items()):
         for name, file in _files(path):
-            lines.append(f"{key}={name}:{_file_sha256(file, _FILE_HASHES)}")
+            lines.append(f"{key}={name}:{file_sha256(file, cache)}")
             names.append(name)
     identity = {k: v for k, v in identity.items() if k not in ("source", "revision")}
     identity.update(sha256=hashlib.sha256("\n".join(lines).encode()).hexdigest(),

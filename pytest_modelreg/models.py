@@ -52,7 +52,7 @@ def check_model_files(model: str, model_args: str) -> None:
         raise EvaluationError(f"gguf_file {gguf} not found in {folder}; fix gguf_file= in model_args")
 
 
-def _file_sha256(path: Path, cache: dict[tuple[str, int, int], str]) -> str:
+def file_sha256(path: Path, cache: dict[tuple[str, int, int], str]) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in cache:
@@ -85,7 +85,7 @@ def model_identity(model: str, model_args: str,
         )
         digest = hashlib.sha256()
         for path in files:
-            digest.update(f"{path.name}:{_file_sha256(path, cache)}\n".encode())
+            digest.update(f"{path.name}:{file_sha256(path, cache)}\n".encode())
         identity["sha256"] = digest.hexdigest()
         identity["files"] = [p.name for p in files]
     elif pretrained:

@@ -159,15 +159,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def group_by_model(item: pytest.Item, settings: Settings) -> None:
     """Tests of one model share an xdist group: under --dist loadgroup each model loads once.
-    A test that names its own xdist_group keeps it."""
-    markers = list(item.iter_markers("modelreg"))
-    if not markers and "modelreg" not in getattr(item, "fixturenames", ()):
-        return
+    A test that names its own xdist_group keeps it. ``item`` is a modelreg test."""
     if item.get_closest_marker("xdist_group") is not None:
         return
     from .spec import short_hash
 
-    kwargs = markers[0].kwargs if markers else {}
+    marker = item.get_closest_marker("modelreg")  # None: a fixture test, on the session's model
+    kwargs = marker.kwargs if marker is not None else {}
     model = kwargs.get("model") or settings.model
     model_args = settings.model_args if kwargs.get("model_args") is None else kwargs["model_args"]
     item.add_marker(pytest.mark.xdist_group(f"modelreg-{model}-{short_hash(model, model_args)}"))
@@ -364,19 +362,20 @@ class ModelregController:
 
         return cache_summary(self.collector.evaluations, modelreg_session(self.config).cache_dir())
 
-    def _notes(self) -> list[str]:
-        """The lines under the table: correction, power, cache, unused baselines, spool."""
-        from .report import cache_summary, holm_summary, underpowered_summary
+    def _unused_line(self) -> str | None:
+        if not self.unused_baselines:
+            return None
+        return (f"{len(self.unused_baselines)} baseline(s) in {self.settings.baseline_dir} no test "
+                f"used: {', '.join(self.unused_baselines)} (delete them, or see: "
+                "pytest-modelreg baselines list --unused)")
 
-        modelreg = modelreg_session(self.config)
+    def _notes(self) -> list[str]:
+        """The lines under the table: correction, power, drift, unused baselines, cache."""
+        from .report import holm_summary, underpowered_summary
+
         notes = [holm_summary(self.collector.rows, self.settings),
-                 underpowered_summary(self.collector.rows),
-                 cache_summary(self.collector.evaluations, modelreg.cache_dir())]
-        notes += self.drift_lines
-        if self.unused_baselines:
-            notes.append(f"{len(self.unused_baselines)} baseline(s) in {self.settings.baseline_dir} "
-                         f"no test used: {', '.join(self.unused_baselines)} (delete them, or see: "
-                         "pytest-modelreg baselines list --unused)")
+                 underpowered_summary(self.collector.rows), *self.drift_lines,
+                 self._unused_line(), self._cache_line() if self.collector.evaluations else None]
         return [note for note in notes if note]
 
     def _report(self, exitstatus: int) -> dict[str, Any]:
@@ -467,7 +466,7 @@ class ModelregController:
 
         try:
             found, plots = check_drift(self.collector.rows, history, window, self.artifact_dir,
-                                       lambda metric: higher_is_better(metric))
+                                       higher_is_better)
         except Exception as exc:  # the drift check never decides a test
             self.drift_lines = [f"the drift check could not read the session history "
                                 f"({type(exc).__name__}: {str(exc).strip()[:200]})"]
@@ -500,11 +499,8 @@ class ModelregController:
         self._summarise_correction(terminalreporter)
         for line in self.drift_lines:
             terminalreporter.write_line(f"modelreg: WARNING: {line}", yellow=True)
-        if self.unused_baselines:
-            terminalreporter.write_line(
-                f"modelreg: {len(self.unused_baselines)} baseline(s) in {self.settings.baseline_dir} "
-                f"no test used: {', '.join(self.unused_baselines)} (delete them, or see: "
-                "pytest-modelreg baselines list --unused)", yellow=True)
+        if unused := self._unused_line():
+            terminalreporter.write_line(f"modelreg: {unused}", yellow=True)
         if self.collector.evaluations and (line := self._cache_line()):
             terminalreporter.write_line(f"modelreg: {line}")
         self._summarise_tracking(terminalreporter)

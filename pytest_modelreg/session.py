@@ -54,6 +54,7 @@ class ModelregSession:
         self.progress: Progress = progress or NullProgress()
         self._factory = evaluator_factory
         self._evaluator: Evaluator | None = None
+        self._function_evaluator: Evaluator | None = None  # for spec.evaluator (custom.py)
         self._results: dict[EvalSpec, EvalResult | ModelregError] = {}
         self._baselines: dict[str, Baseline | None] = {}
         self._fingerprints: dict[str, dict[str, object]] = {}  # baseline name -> claimed by
@@ -96,9 +97,10 @@ class ModelregSession:
         return None if folder is None else ResultCache(folder, self.settings.cache_endpoints)
 
     def close(self) -> None:
-        if self._evaluator is not None:
-            self._evaluator.close()
-            self._evaluator = None
+        for evaluator in (self._evaluator, self._function_evaluator):
+            if evaluator is not None:
+                evaluator.close()
+        self._evaluator = self._function_evaluator = None
 
     # -- evaluations -----------------------------------------------------------------------
     def evaluate(self, spec: EvalSpec) -> tuple[EvalResult, bool]:
@@ -118,9 +120,12 @@ class ModelregSession:
 
     def _evaluate_now(self, spec: EvalSpec) -> EvalResult:
         if spec.evaluator is not None:  # the user's own function, not lm-eval
-            from .custom import FunctionEvaluator
+            if self._function_evaluator is None:
+                from .custom import FunctionEvaluator
 
-            return FunctionEvaluator(self.settings, self.progress, self.result_cache()).evaluate(spec)
+                self._function_evaluator = FunctionEvaluator(self.settings, self.progress,
+                                                             self.result_cache())
+            return self._function_evaluator.evaluate(spec)
         return self.evaluator.evaluate(spec)
 
     def _claim_baseline_name(self, result: EvalResult) -> None:

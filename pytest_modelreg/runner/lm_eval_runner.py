@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import inspect
 import itertools
-import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..cache import ResultCache, cache_key, model_key_part, uncacheable_reason
+from ..cache import ResultCache, cache_key, digest, model_key_part, uncacheable_reason
 from ..errors import EvaluationError, ModelregError
 from ..fingerprint import config_hash, sha256_lines
 from ..models import (
@@ -33,7 +29,6 @@ from ..spec import EvalSpec, suggest
 from . import NullProgress, Progress
 
 _HASH_CHARS = 16  # 64 bits of sha256 per doc: plenty to tell docs apart, short enough to diff
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 log = logging.getLogger("pytest_modelreg")
 
 
@@ -261,13 +256,13 @@ def _task_identity(task: Any, spec: EvalSpec) -> dict[str, Any]:
     config = task.dump_config()
     docs = task.eval_docs
     count = _limited(len(docs), spec.limit)
-    identity = {"config": _digest(config), "n_docs": count,
-                "docs": _digest(list(itertools.islice(docs, count))),
+    identity = {"config": digest(config), "n_docs": count,
+                "docs": digest(list(itertools.islice(docs, count))),
                 "version": getattr(task, "VERSION", None)}
     shots = spec.num_fewshot if spec.num_fewshot is not None else config.get("num_fewshot")
     if shots:
         with contextlib.suppress(Exception):  # a task without a few-shot split draws from its docs
-            identity["fewshot_docs"] = _digest(list(task.fewshot_docs() or []))
+            identity["fewshot_docs"] = digest(list(task.fewshot_docs() or []))
     return identity
 
 
@@ -276,22 +271,6 @@ def _limited(total: int, limit: int | float | None) -> int:
     if limit is None:
         return total
     return min(total, math.ceil(total * limit) if limit < 1 else int(limit))
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=_stable).encode()).hexdigest()
-
-
-def _stable(value: Any) -> str:
-    """Functions (``!function`` in task YAMLs) by their source: an edit changes the key."""
-    if callable(value):
-        try:
-            source = inspect.getsource(value)
-        except (OSError, TypeError):
-            source = ""
-        name = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', value)}"
-        return f"{name}:{hashlib.sha256(source.encode()).hexdigest()}"
-    return _ADDRESS.sub("", str(value))
 
 
 def _one_line(exc: BaseException) -> str:
