@@ -82,3 +82,26 @@ def test_bad_values_name_the_option(name, value):
     with pytest.raises(ModelregUsageError, match=name.replace("_", "-").split("-")[-1].replace(
             "size", "batch")):
         make(cli={name: value})
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("modelreg_gpus_per_worker", "two", r"'two' is not a number of GPUs; use 1, 2, \.\.\. or 0"),
+    ("modelreg_gpus_per_worker", "-1", "is not a number of GPUs"),
+    ("modelreg_drift_window", "many", r"'many' is not a number of sessions; use 0 \(off\)"),
+    ("modelreg_xdist_group", "task", "'task' is not one of model, none"),
+    ("modelreg_tracker", "neptune", "'neptune' is not one of mlflow, wandb"),
+    ("modelreg_correction", "bonferroni", "'bonferroni' is not one of holm, none"),
+])
+def test_bad_values_of_the_scale_and_report_options(name, value, message):
+    with pytest.raises(ModelregUsageError, match=message):
+        make(cli={name: value})
+
+
+def test_scale_and_report_options_resolve(tmp_path):
+    settings = make(ini={"modelreg_gpus_per_worker": "2", "modelreg_drift_window": "5",
+                         "modelreg_cache_dir": "cache", "modelreg_json": "out/r.json",
+                         "modelreg_tracker": "wandb"}, tmp=tmp_path)
+    assert (settings.gpus_per_worker, settings.drift_window) == (2, 5)
+    assert settings.cache_dir == tmp_path / "cache"
+    assert settings.json_report == tmp_path / "out" / "r.json"
+    assert settings.tracking.backend == "wandb"
