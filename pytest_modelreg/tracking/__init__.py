@@ -6,21 +6,28 @@ Only ``mlflow_tracker`` imports mlflow, and only the controller process ever cre
 from __future__ import annotations
 
 import json
+import os
+import queue
 import re
 import shutil
+import threading
 import time
 import warnings
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..baselines import atomic_write
+from ..redact import redact_url, scrub
 
 FAILED_OUTCOMES = frozenset({"failed", "error"})
 _METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
 PARAM_LIMIT = 6000  # MLflow's longest param value; longer values go to an artifact
+KEY_LIMIT = 250  # MLflow's longest param, tag or metric key
+# The longest the session end waits for the tracker. With the HTTP defaults of
+# mlflow_tracker (10 s per request, one retry) a server that never answers costs ~20 s.
+WAIT_BUDGET = 30.0
 
 
 @dataclass
@@ -122,6 +129,61 @@ def flipped_files(test: TestRecord) -> dict[str, str]:
     return files
 
 
+_STATUS = re.compile(r"error code (\d{3})\b|too many (\d{3}) error|\b(\d{3}) (?:Client|Server) Error")
+_ERROR_CODES = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
+_UNKNOWN_HOST = re.compile(r"name or service not known|nodename nor servname|"
+                           r"name resolution", re.IGNORECASE)
+_REFUSED = re.compile(r"connection refused|failed to establish a new connection",
+                      re.IGNORECASE)
+_TIMED_OUT = re.compile(r"timed? ?out", re.IGNORECASE)
+FIX_CREDENTIALS = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                   "(or MLFLOW_TRACKING_TOKEN)")
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status a tracking server answered with, when the error carries one."""
+    code = _ERROR_CODES.get(str(getattr(exc, "error_code", "")))
+    if code is not None:
+        return code
+    found = _STATUS.search(str(exc))
+    return int(next(g for g in found.groups() if g)) if found else None
+
+
+def describe_failure(exc: BaseException, backend: str, uri: str | None,
+                     experiment: str) -> tuple[str, str]:
+    """One line saying what went wrong with the tracking server, and the fix: 401, 403, 5xx,
+    refused and timed-out connections each get their own; anything else its first line."""
+    where = redact_url(uri or "the default tracking URI")
+    status = http_status(exc)
+    text = str(exc).strip()
+    if status == 401:
+        return (f"{where} answered 401 Unauthorized: credentials missing or rejected",
+                FIX_CREDENTIALS)
+    if status == 403:
+        kind = "project" if backend == "wandb" else "experiment"
+        return (f"{where} answered 403 Forbidden: no permission on {kind} '{experiment}'",
+                f"ask for access to {kind} '{experiment}' or pick another one "
+                "with --mlflow-experiment")
+    if status is not None and 500 <= status < 600:
+        return (f"{where} answered {status}: a server error",
+                "check the tracking server's log; spooled sessions replay with: "
+                "pytest-modelreg sync")
+    if _UNKNOWN_HOST.search(text):
+        return (f"ConnectionError: the host of {where} is unknown",
+                "fix --mlflow-tracking-uri")
+    if _REFUSED.search(text):
+        return (f"ConnectionError: Connection refused by {where}",
+                "start the server, fix --mlflow-tracking-uri")
+    if _TIMED_OUT.search(text):
+        seconds = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "?")
+        return (f"{where} did not answer within {seconds} s (MLFLOW_HTTP_REQUEST_TIMEOUT)",
+                "check the server, or raise MLFLOW_HTTP_REQUEST_TIMEOUT")
+    first = text.splitlines()[0][:300] if text else ""
+    fix = ("log in to W&B or set WANDB_MODE=offline" if backend == "wandb"
+           else "start the server, fix --mlflow-tracking-uri")
+    return f"{type(exc).__name__}: {first}", fix
+
+
 class Tracker(Protocol):
     """Where a session goes. ``resume`` makes every call idempotent (used by sync)."""
 
@@ -142,31 +204,53 @@ class SessionTracker:
     """Feeds a tracker as the session goes; on its first failure warns once and spools the
     whole session to disk instead, for ``pytest-modelreg sync`` to replay later.
 
-    The tracker works in one background thread (calls keep their order), so logging a test
-    overlaps with evaluating the next one; the session waits only for what is left at its end.
+    The tracker works in one background daemon thread (calls keep their order), so logging a
+    test overlaps with evaluating the next one. The session end waits for what is left at most
+    ``wait_budget`` seconds: a server that stops answering cannot hold the session (or the
+    interpreter's exit: the thread is a daemon) longer than that.
     """
 
     def __init__(self, session: SessionRecord, tracker_factory: Callable[[], Tracker] | None,
-                 spool_dir: Path, warn: Callable[[str], None]) -> None:
+                 spool_dir: Path, warn: Callable[[str], None], *,
+                 secrets: Sequence[str] = (), wait_budget: float = WAIT_BUDGET) -> None:
         self.session = session
         self.factory = tracker_factory
         self.tracker: Tracker | None = None
         self.spool_dir = spool_dir
         self.warn = warn
+        self.secrets = tuple(secrets)
+        self.wait_budget = wait_budget
         self.started = False
         self.failure: str | None = None
         self.spool_path: Path | None = None
         self.busy_seconds = 0.0  # time the tracker worked, in the background
         self.wait_seconds = 0.0  # time the session waited for it: what tracking cost the user
-        self._executor: ThreadPoolExecutor | None = None
+        self._queue: queue.Queue[tuple[str, tuple[Any, ...]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._pending = 0  # submitted calls not yet done, under _done
+        self._done = threading.Condition()
         self._warnings: list[str] = []  # raised in the worker, shown by the main thread
 
     def _submit(self, action: str, *args: Any) -> None:
         if self.factory is None and self.tracker is None:
             return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="modelreg-tracking")
-        self._executor.submit(self._call, action, *args)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="modelreg-tracking",
+                                            daemon=True)
+            self._thread.start()
+        with self._done:
+            self._pending += 1
+        self._queue.put((action, args))
+
+    def _work(self) -> None:
+        while True:
+            action, args = self._queue.get()
+            try:
+                self._call(action, *args)
+            finally:
+                with self._done:
+                    self._pending -= 1
+                    self._done.notify_all()
 
     def _call(self, action: str, *args: Any) -> None:
         if self.failure is not None:
@@ -181,14 +265,20 @@ class SessionTracker:
                     self.tracker = self.factory()
                 getattr(self.tracker, action)(self.session, *args)
         except Exception as exc:  # the tracker never decides a test's outcome
-            text = str(exc).strip()
-            self.failure = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-            self._warnings.append(
-                f"{'W&B' if self.session.backend == 'wandb' else 'MLflow'} tracking failed "
-                f"({self.failure}); the rest of this session is "
-                f"spooled to {self.spool_file} (replay with: pytest-modelreg sync)")
+            reason, _fix = describe_failure(exc, self.session.backend,
+                                            self.session.tracking_uri, self.session.experiment)
+            self._fail(reason)
         finally:
             self.busy_seconds += time.perf_counter() - start
+
+    def _fail(self, reason: str) -> None:
+        if self.failure is not None:
+            return
+        self.failure = scrub(reason, self.secrets)
+        self._warnings.append(
+            f"{'W&B' if self.session.backend == 'wandb' else 'MLflow'} tracking failed "
+            f"({self.failure}); the rest of this session is "
+            f"spooled to {self.spool_file} (replay with: pytest-modelreg sync)")
 
     def _show_warnings(self) -> None:
         while self._warnings:
@@ -218,12 +308,17 @@ class SessionTracker:
             self.write_spool()
 
     def wait(self) -> None:
-        """Let the worker finish what was submitted."""
-        if self._executor is not None:
-            start = time.perf_counter()
-            self._executor.shutdown(wait=True)
-            self._executor = None
-            self.wait_seconds += time.perf_counter() - start
+        """Let the worker finish what was submitted, within what is left of the budget."""
+        if self._thread is None:
+            return
+        start = time.perf_counter()
+        left = max(self.wait_budget - self.wait_seconds, 0.0)
+        with self._done:
+            finished = self._done.wait_for(lambda: self._pending == 0, timeout=left)
+        if not finished:
+            self._fail(f"no answer within the {self.wait_budget:g} s the session waits for "
+                       "tracking at its end")
+        self.wait_seconds += time.perf_counter() - start
 
     @property
     def spool_file(self) -> Path:
@@ -237,20 +332,34 @@ class SessionTracker:
         for test in record.tests:
             for evaluation in test.evaluations:
                 evaluation["artifacts"] = {
-                    name: _copy_into(Path(path), folder / "artifacts")
+                    name: _copy_into(Path(path), folder / "artifacts", self.secrets)
                     for name, path in evaluation.get("artifacts", {}).items()}
-        record.artifacts = {name: _copy_into(Path(path), folder / "artifacts")
+        record.artifacts = {name: _copy_into(Path(path), folder / "artifacts", self.secrets)
                             for name, path in record.artifacts.items()}
-        atomic_write(self.spool_file, record.to_json())
+        if record.tracking_uri:  # sync logs in from MLFLOW_TRACKING_USERNAME/PASSWORD instead
+            record.tracking_uri = redact_url(record.tracking_uri, "")
+        atomic_write(self.spool_file, scrub(record.to_json(), self.secrets, pairs=False))
         self.spool_path = self.spool_file
         return self.spool_file
 
 
-def _copy_into(source: Path, folder: Path) -> str:
+def _copy_into(source: Path, folder: Path, secrets: Sequence[str] = ()) -> str:
     if not source.exists():
         return str(source)
     target = folder / source.parent.name / source.name
     target.parent.mkdir(parents=True, exist_ok=True)
     if source.resolve() != target.resolve():
         shutil.copyfile(source, target)
+        scrub_file(target, secrets)
     return str(target)
+
+
+def scrub_file(path: Path, secrets: Sequence[str]) -> bool:
+    """Mask known secret values in a text file in place; True when one was found."""
+    if not secrets:
+        return False
+    data = path.read_bytes()
+    if not any(secret.encode() in data for secret in secrets):
+        return False
+    atomic_write(path, scrub(data.decode("utf-8", errors="replace"), secrets, pairs=False))
+    return True

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..redact import redact_model_args
+from ..redact import redact_model_args, scrub
 from ..settings import Settings, split_model_args
 
 CI_VARIABLES = (
@@ -20,7 +20,8 @@ _MODEL_ARG_FLAG = "--modelreg-model-args"
 
 
 def redact_command(args: Sequence[str]) -> str:
-    """The pytest command line with secret model_args masked."""
+    """The pytest command line with secret model_args (also in ``-o``) and URL passwords
+    masked."""
     shown: list[str] = []
     mask_next = False
     for arg in args:
@@ -30,7 +31,7 @@ def redact_command(args: Sequence[str]) -> str:
             mask_next = True
         elif arg.startswith(_MODEL_ARG_FLAG + "="):
             arg = f"{_MODEL_ARG_FLAG}={redact_model_args(arg.split('=', 1)[1])}"
-        shown.append(arg)
+        shown.append(scrub(arg))
     return shlex.join(["pytest", *shown])
 
 
