@@ -36,6 +36,7 @@ def evaluation_summary(result: EvalResult, fresh: bool, artifact_dir: Path | Non
         settings["evaluator"] = function_name(spec.evaluator)
     settings.update(spec.seed_dict())
     settings["device"] = provenance.get("hardware", {}).get("device", spec.device)
+    settings["batch_size_used"] = str(provenance.get("batch_size", spec.batch_size))
     return {
         "task": result.task,
         "model": spec.model,

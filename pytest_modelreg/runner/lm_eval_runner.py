@@ -7,8 +7,10 @@ import itertools
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,15 @@ from ..models import (
     check_model_files,
     cuda_allocated,
     free_memory,
+    lm_eval_model_args,
     model_identity,
+    remote_code_error,
     resolve_device,
 )
 from ..provenance import git_state, hardware, library_versions
 from ..redact import redact_model_args
 from ..results import EvalResult, SampleOutcome
+from ..settings import split_model_args
 from ..spec import EvalSpec, suggest
 from . import NullProgress, Progress
 
@@ -115,13 +120,22 @@ class LmEvalRunner:
             extra["device"] = resolve_device(spec.device)
         shown = f"{spec.model}({redact_model_args(spec.model_args)})"
         start = time.perf_counter()
+        oom = False
         try:
             with self.progress.stage(f"loading model {shown}"):
-                lm = model_class.create_from_arg_string(spec.model_args, extra)
+                lm = model_class.create_from_arg_string(lm_eval_model_args(spec.model_args), extra)
         except ModelregError:
             raise
         except Exception as exc:  # any library error becomes one line naming the model
-            raise EvaluationError(f"could not load model {shown}: {_one_line(exc)}") from exc
+            if not (oom := is_out_of_memory(exc)):
+                if "trust_remote_code" in str(exc):  # a hub model's code the cache did not show
+                    name = split_model_args(spec.model_args).get("pretrained", spec.model)
+                    raise remote_code_error(name, "custom code in its repository",
+                                            redact_model_args(spec.model_args)) from None
+                raise EvaluationError(f"could not load model {shown}: {_one_line(exc)}") from exc
+        if oom:  # raised outside the except block: the traceback's tensors are freed first
+            free_memory()
+            raise out_of_memory_error(f"loading model {shown}", spec.batch_size)
         return lm, time.perf_counter() - start
 
     def close(self) -> None:
@@ -129,6 +143,8 @@ class LmEvalRunner:
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluate(self, spec: EvalSpec) -> EvalResult:
+        # Before the cache too: a missing opt-in fails the same way with a warm or a cold cache.
+        check_model_files(spec.model, spec.model_args)
         manager = self.task_manager_for(spec.task)
         shown = f"{spec.task} on {spec.model}({redact_model_args(spec.model_args)})"
         tasks, loaded = self._build_tasks(spec, manager, shown)
@@ -168,13 +184,16 @@ class LmEvalRunner:
             return None
         tasks = {name: _task_identity(task, spec) for name, task in sorted(loaded["tasks"].items())}
         tasks["groups"] = sorted(str(name) for name in loaded["groups"])
-        return cache_key(spec, model_key_part(spec, identity), tasks, library_versions())
+        # The plugin's own opt-ins (allow_pickle) do not change results: not part of the key.
+        plain = replace(spec, model_args=lm_eval_model_args(spec.model_args))
+        return cache_key(spec, model_key_part(plain, identity), tasks, library_versions())
 
     def _evaluate(self, spec: EvalSpec, manager: Any, tasks: list[Any], shown: str) -> EvalResult:
         lm, load_seconds = self.model(spec)
         import lm_eval
 
         start = time.perf_counter()
+        oom = False
         try:
             with self.progress.stage(f"evaluating {shown}"), _quiet_lm_eval():
                 out = lm_eval.simple_evaluate(
@@ -189,7 +208,11 @@ class LmEvalRunner:
         except ModelregError:
             raise
         except Exception as exc:
-            raise EvaluationError(f"evaluating {shown} failed: {_one_line(exc)}") from exc
+            if not (oom := is_out_of_memory(exc)):
+                raise EvaluationError(f"evaluating {shown} failed: {_one_line(exc)}") from exc
+        if oom:  # never retried with a smaller batch: the recorded settings stay the ones used
+            free_memory()
+            raise out_of_memory_error(f"evaluating {shown}", used_batch_size(spec.batch_size, lm))
         seconds = time.perf_counter() - start
         return self._result(spec, out, lm, seconds, load_seconds)
 
@@ -197,7 +220,8 @@ class LmEvalRunner:
                 load_seconds: float) -> EvalResult:
         return result_from_output(
             spec, out, device=str(getattr(lm, "device", None) or spec.device),
-            batch_size=str(getattr(lm, "batch_size", spec.batch_size)), rootdir=self.rootdir,
+            batch_size=used_batch_size(spec.batch_size, lm, out.get("config")),
+            rootdir=self.rootdir,
             model_identity=model_identity(spec.model, spec.model_args, self._hash_cache),
             seconds=seconds, model_load_seconds=load_seconds)
 
@@ -234,7 +258,8 @@ def result_from_output(spec: EvalSpec, out: dict[str, Any], *, device: str, batc
         "seeds": spec.seed_dict(),
         "versions": library_versions(),
         "hardware": hardware(device),
-        "batch_size": batch_size,
+        "batch_size": batch_size,  # the one used: lm-eval's pick when "auto" was asked for
+        "batch_size_requested": spec.batch_size,
         "git": git_state(rootdir),
         "model": model_identity,
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -271,6 +296,35 @@ def _limited(total: int, limit: int | float | None) -> int:
     if limit is None:
         return total
     return min(total, math.ceil(total * limit) if limit < 1 else int(limit))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's CUDA OOM error, or a RuntimeError that says "out of memory" (older torch,
+    cuBLAS/cuDNN allocations); torch is not imported for this."""
+    torch = sys.modules.get("torch")
+    oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if isinstance(oom_type, type) and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def out_of_memory_error(doing: str, batch_size: str) -> EvaluationError:
+    return EvaluationError(
+        f"CUDA out of memory {doing} with batch size {batch_size}; the batch size is never "
+        "lowered behind your back: set a smaller batch_size (marker/model, or "
+        "--modelreg-batch-size), run fewer xdist workers per GPU, or set a smaller max_length "
+        "in model_args")
+
+
+def used_batch_size(requested: str, lm: Any, config: dict[str, Any] | None = None) -> str:
+    """The batch size an evaluation ran with: lm-eval's detected sizes when ``auto`` was asked
+    for (``results["config"]["batch_sizes"]``, or the model's own record), else the number."""
+    config = config or {}
+    detected = config.get("batch_sizes") or list(getattr(lm, "batch_sizes", {}).values())
+    if detected:
+        return ",".join(str(size) for size in detected)
+    size = getattr(lm, "batch_size", None)
+    return str(size if size is not None else config.get("batch_size") or requested)
 
 
 def _one_line(exc: BaseException) -> str:
