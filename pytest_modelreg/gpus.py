@@ -8,6 +8,7 @@ are counted with ``nvidia-smi``, and torch is asked only when a test states a re
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -53,12 +54,17 @@ def worker_gpus(index: int, gpus: list[str], per_worker: int) -> list[str]:
 def parse_memory(value: object, origin: str) -> float:
     """``40``, ``"40GB"``, ``"40 GiB"`` or ``"40000MB"`` → GiB."""
     from .errors import ModelregUsageError
+    from .settings import shown
 
-    match = _SIZE.match(str(value))
-    if isinstance(value, bool) or match is None:
-        raise ModelregUsageError(f"{origin}: {value!r} is not an amount of memory; write e.g. "
-                                 "min_gpu_memory='40GB'")
-    number, unit = float(match.group(1)), (match.group(2) or "gb").lower()
+    # Only text and plain numbers are read (str() of a 5000-digit int raises, a list's is noise).
+    text = value if isinstance(value, str) else repr(value) if isinstance(value, float) or (
+        type(value) is int and abs(value) < 2**63) else ""
+    match = _SIZE.match(text)
+    number = float(match.group(1)) if match else math.inf
+    if not math.isfinite(number):  # also "1111...GB" beyond any float
+        raise ModelregUsageError(f"{origin}: {shown(value)} is not an amount of memory; write "
+                                 "e.g. min_gpu_memory='40GB'")
+    unit = (match.group(2) or "gb").lower()
     return number / 1024 if unit.startswith("m") else number
 
 

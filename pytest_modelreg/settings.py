@@ -6,8 +6,10 @@ This module never sees ``pytest.Config``: the plugin hands it two lookup functio
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +92,21 @@ OPTIONS: tuple[Option, ...] = (
            "reached (replay with: pytest-modelreg sync)", ".modelreg-spool"),
 )
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 60
+SEED_RANGE = 2**32  # numpy's seeding (one of lm-eval's four seeds) accepts 0 .. 2**32 - 1
+
+
+def shown(value: object) -> str:
+    """``value`` for a one-line message: its repr, shortened. Never raises: a user's object's
+    repr may, and so does an int of more than 4300 digits."""
+    try:
+        text = _SHOWN.repr(value)
+    except Exception:  # any failure of a user's __repr__
+        text = f"<a {type(value).__name__}>"
+    return text.replace("\n", "\\n").replace("\r", "\\r")
+
+
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _BATCH = re.compile(r"^(\d+|auto(:\d+)?)$")
@@ -171,16 +188,17 @@ def build_settings(
     model, _, _ = text("modelreg_model")
     model_args, origin, _ = text("modelreg_model_args")
     include, _, include_base = text("modelreg_include_path")
-    baseline_dir, _, baseline_base = text("modelreg_baseline_dir")
+    baseline_dir, baseline_origin, baseline_base = text("modelreg_baseline_dir")
     update_value = values["modelreg_update"][0]
-    cache_dir, _, cache_base = text("modelreg_cache_dir")
-    json_report, _, json_base = text("modelreg_json")
-    markdown, _, markdown_base = text("modelreg_markdown")
+    cache_dir, cache_origin, cache_base = text("modelreg_cache_dir")
+    json_report, json_origin, json_base = text("modelreg_json")
+    markdown, markdown_origin, markdown_base = text("modelreg_markdown")
     return Settings(
         model=parse_model(model or "hf"),
         model_args=parse_model_args(model_args or "", origin, env),
         include_paths=parse_paths(include, include_base),
-        baseline_dir=(baseline_base / (baseline_dir or "baselines")).resolve(),
+        baseline_dir=parse_path(baseline_dir or "baselines", baseline_base, baseline_origin,
+                                expand=False),
         limit=parse_limit(*text("modelreg_limit")[:2]),
         device=parse_device(*text("modelreg_device")[:2]),
         batch_size=parse_batch_size(*text("modelreg_batch_size")[:2]),
@@ -191,11 +209,11 @@ def build_settings(
         strict=_truthy(values["modelreg_strict"][0]),
         correction=parse_correction(*text("modelreg_correction")[:2]),
         tracking=_tracking(text, values),
-        cache_dir=(cache_base / Path(cache_dir).expanduser()).resolve() if cache_dir else None,
+        cache_dir=parse_path(cache_dir, cache_base, cache_origin) if cache_dir else None,
         drift_window=parse_count(*text("modelreg_drift_window")[:2], 0,
                                  "a number of sessions; use 0 (off) or e.g. 10"),
-        json_report=(json_base / Path(json_report).expanduser()).resolve() if json_report else None,
-        markdown_report=(markdown_base / Path(markdown).expanduser()).resolve() if markdown else None,
+        json_report=parse_path(json_report, json_base, json_origin) if json_report else None,
+        markdown_report=parse_path(markdown, markdown_base, markdown_origin) if markdown else None,
         cache=not _truthy(values["modelreg_no_cache"][0]),
         cache_endpoints=_truthy(values["modelreg_cache_endpoints"][0]),
         gpus_per_worker=parse_count(*text("modelreg_gpus_per_worker")[:2], 1,
@@ -209,7 +227,7 @@ def build_settings(
 
 def _tracking(text: Callable[[str], tuple[str | None, str, Path]],
               values: dict[str, tuple[object, str, Path]]) -> TrackingSettings:
-    spool, _, spool_base = text("modelreg_spool_dir")
+    spool, spool_origin, spool_base = text("modelreg_spool_dir")
     return TrackingSettings(
         enabled=not _truthy(values["no_mlflow"][0]),
         tracking_uri=text("mlflow_tracking_uri")[0] or None,
@@ -217,7 +235,7 @@ def _tracking(text: Callable[[str], tuple[str | None, str, Path]],
         run_name=text("mlflow_run_name")[0] or None,
         parent_run_id=text("mlflow_parent_run_id")[0] or None,
         strict=_truthy(values["mlflow_strict"][0]),
-        spool_dir=(spool_base / (spool or ".modelreg-spool")).resolve(),
+        spool_dir=parse_path(spool or ".modelreg-spool", spool_base, spool_origin, expand=False),
         backend=parse_choice(text("modelreg_tracker")[0], "--modelreg-tracker", ("mlflow", "wandb")),
     )
 
@@ -228,10 +246,10 @@ def _truthy(value: object) -> bool:
     return bool(value)
 
 
-def parse_model(model: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", model):
+def parse_model(model: object, origin: str = "--modelreg-model") -> str:
+    if not isinstance(model, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", model):
         raise ModelregUsageError(
-            f"--modelreg-model: {model!r} is not an lm-eval model type; use a name such as "
+            f"{origin}: {shown(model)} is not an lm-eval model type; use a name such as "
             "hf, vllm or local-completions"
         )
     return model
@@ -276,11 +294,19 @@ def split_model_args(model_args: str, origin: str = "model_args") -> dict[str, s
     return pairs
 
 
+def parse_path(value: str, base: Path, origin: str, expand: bool = True) -> Path:
+    """``value`` (``~`` expanded) resolved against ``base``; one the OS cannot use is an error."""
+    try:
+        return (base / (Path(value).expanduser() if expand else Path(value))).resolve()
+    except (RuntimeError, ValueError, OSError) as exc:  # "~nosuchuser", a NUL byte
+        raise ModelregUsageError(f"{origin}: {shown(value)} is not a usable path ({exc})") from None
+
+
 def parse_paths(value: str | None, base: Path) -> tuple[Path, ...]:
     if not value:
         return ()
     raw = [p.strip() for chunk in value.splitlines() for p in chunk.split(os.pathsep)]
-    paths = tuple((base / Path(p).expanduser()).resolve() for p in raw if p)
+    paths = tuple(parse_path(p, base, "--modelreg-include-path") for p in raw if p)
     for path in paths:
         if not path.is_dir():
             raise ModelregUsageError(
@@ -296,11 +322,13 @@ def parse_limit(value: object, origin: str = "limit") -> int | float | None:
         return None
     if isinstance(value, bool):
         raise ModelregUsageError(f"{origin}: expected a number of docs, got {value!r}")
+    if isinstance(value, int) and value >= 1:
+        return value  # exact: a count too large for a float is still a count
     try:
         number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ModelregUsageError(
-            f"{origin}: expected a positive number of docs, got {value!r}"
+            f"{origin}: expected a positive number of docs, got {shown(value)}"
         ) from None
     if number >= 1 and number.is_integer():
         return int(number)
@@ -308,7 +336,7 @@ def parse_limit(value: object, origin: str = "limit") -> int | float | None:
         return number
     raise ModelregUsageError(
         f"{origin}: must be a positive whole number of docs (or a fraction between 0 and 1), "
-        f"got {value!r}"
+        f"got {shown(value)}"
     )
 
 
@@ -320,29 +348,42 @@ def parse_device(value: str | None, origin: str = "--modelreg-device") -> str:
 
 
 def parse_batch_size(value: object, origin: str = "batch_size") -> str:
-    text = str(value if value is not None else "1").strip().lower()
+    value = "1" if value is None else value
+    # An int is written out only when it can be a batch size (str() of a huge int raises).
+    text = value.strip().lower() if isinstance(value, str) else \
+        str(value) if type(value) is int and 0 < value < 2**31 else ""
     if not _BATCH.match(text) or text == "0":
-        raise ModelregUsageError(f"{origin}: {value!r} is not a batch size; use N >= 1, auto or auto:N")
+        raise ModelregUsageError(f"{origin}: {shown(value)} is not a batch size; use N >= 1, "
+                                 "auto or auto:N")
     return text
 
 
 def parse_seed(value: object, origin: str = "--modelreg-seed") -> int | None:
+    """A whole number 0 .. 2**32 - 1 (what every seeded library takes), or None."""
     if value is None or value == "":
         return None
-    try:
-        return int(str(value))
-    except ValueError:
-        raise ModelregUsageError(f"{origin}: expected a whole number, got {value!r}") from None
+    seed = value if type(value) is int else None  # not a bool, not 1.5
+    if isinstance(value, str):
+        try:
+            seed = int(value)
+        except ValueError:  # also for more than 4300 digits
+            seed = None
+    if seed is None or not 0 <= seed < SEED_RANGE:
+        raise ModelregUsageError(f"{origin}: expected a whole number from 0 to {SEED_RANGE - 1}, "
+                                 f"got {shown(value)}")
+    return seed
 
 
 def parse_alpha(value: object, origin: str = "--modelreg-alpha") -> float:
+    value = "0.01" if value is None else value
     try:
-        alpha = float(str(value if value is not None else "0.01"))
-    except ValueError:
-        alpha = -1.0
+        alpha = float(value) if isinstance(value, (str, int, float)) and not isinstance(
+            value, bool) else math.nan
+    except (ValueError, OverflowError):
+        alpha = math.nan
     if not 0 < alpha < 0.5:
-        raise ModelregUsageError(f"{origin}: {value!r} is not a test level; use a number between "
-                                 "0 and 0.5, e.g. 0.01")
+        raise ModelregUsageError(f"{origin}: {shown(value)} is not a test level; use a number "
+                                 "between 0 and 0.5, e.g. 0.01")
     return alpha
 
 
@@ -361,8 +402,8 @@ def parse_count(value: str | None, origin: str, default: int, hint: str) -> int:
     """A whole number >= 0 (``hint`` says what it counts and what 0 means)."""
     try:
         count = int(value if value not in (None, "") else default)
-    except ValueError:
+    except (TypeError, ValueError, OverflowError):
         count = -1
     if count < 0:
-        raise ModelregUsageError(f"{origin}: {value!r} is not {hint}")
+        raise ModelregUsageError(f"{origin}: {shown(value)} is not {hint}")
     return count

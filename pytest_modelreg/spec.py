@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ModelregUsageError
-from .settings import Settings, parse_batch_size, parse_limit, split_model_args
+from .settings import (
+    SEED_RANGE,
+    Settings,
+    parse_batch_size,
+    parse_limit,
+    parse_model,
+    shown,
+    split_model_args,
+)
 
 # lm-eval's own defaults (lm_eval.evaluator.DEFAULT_*_SEED), so results match a plain lm-eval run.
 DEFAULT_SEEDS: tuple[int, int, int, int] = (0, 1234, 1234, 1234)
@@ -85,7 +93,9 @@ class MetricCheck:
     max_gain: float | None = None  # a larger improvement is suspicious (a broken evaluation?)
 
 
-def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+def suggest(word: object, choices: list[str] | tuple[str, ...]) -> str:
+    if not isinstance(word, str):
+        return ""
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -94,13 +104,13 @@ def parse_threshold(name: str, value: object, where: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ModelregUsageError(f"{where}: {name} must be a number, got {value!r}")
+        raise ModelregUsageError(f"{where}: {name} must be a number, got {shown(value)}")
     try:
         number = float(value)
-    except ValueError:
-        raise ModelregUsageError(f"{where}: {name} must be a number, got {value!r}") from None
+    except (ValueError, OverflowError):  # OverflowError: an int beyond any float
+        raise ModelregUsageError(f"{where}: {name} must be a number, got {shown(value)}") from None
     if not math.isfinite(number):
-        raise ModelregUsageError(f"{where}: {name} must be a finite number, got {value!r}")
+        raise ModelregUsageError(f"{where}: {name} must be a finite number, got {shown(value)}")
     return number
 
 
@@ -111,26 +121,25 @@ def parse_tolerance(value: object, where: str) -> Tolerance:
     """0.01 (absolute) or "2%" (relative to the baseline); never negative."""
     if value is None:
         return Tolerance()
-    if isinstance(value, str) and (match := _PERCENT.match(value)):
-        return Tolerance(float(match.group(1)) / 100, relative=True)
+    match = _PERCENT.match(value) if isinstance(value, str) else None
     try:
-        number = parse_threshold("tolerance", value, where)
+        number = float(match.group(1)) / 100 if match else parse_threshold("tolerance", value, where)
     except ModelregUsageError:
         number = None
-    if number is None or number < 0:
+    if number is None or not 0 <= number < math.inf:  # "1e400%" is a float's inf
         raise ModelregUsageError(
             f"{where}: tolerance must be a drop >= 0, absolute (0.01) or relative ('2%'), "
-            f"got {value!r}"
+            f"got {shown(value)}"
         )
-    return Tolerance(number)
+    return Tolerance(number, relative=match is not None)
 
 
 def _check(metric: str, bounds: Mapping[str, object], defaults: Mapping[str, object],
            where: str) -> MetricCheck:
-    unknown = sorted(set(bounds) - set(THRESHOLD_KEYS))
+    unknown = sorted(set(bounds) - set(THRESHOLD_KEYS), key=str)  # keys of any type
     if unknown:
         raise ModelregUsageError(
-            f"{where}: unknown threshold {unknown[0]!r} for metric {metric!r}"
+            f"{where}: unknown threshold {shown(unknown[0])} for metric {metric!r}"
             f"{suggest(unknown[0], THRESHOLD_KEYS)}; use min, max, tolerance or max_gain"
         )
     merged = {**defaults, **bounds}
@@ -161,7 +170,7 @@ def parse_checks(metrics: object, defaults: Mapping[str, object], where: str) ->
             if not isinstance(name, str) or not isinstance(bounds, Mapping):
                 raise ModelregUsageError(
                     f"{where}: metrics must map a metric name to its thresholds, e.g. "
-                    f"{{'acc_norm': {{'min': 0.6}}}}; got {name!r}: {bounds!r}"
+                    f"{{'acc_norm': {{'min': 0.6}}}}; got {shown(name)}: {shown(bounds)}"
                 )
             checks.append(_check(name, bounds, defaults, where))
         return checks
@@ -171,15 +180,20 @@ def parse_checks(metrics: object, defaults: Mapping[str, object], where: str) ->
         return [_check(name, {}, defaults, where) for name in metrics]
     raise ModelregUsageError(
         f"{where}: metrics must be a metric name, a list of names or a dict of thresholds; "
-        f"got {metrics!r}"
+        f"got {shown(metrics)}"
     )
+
+
+def _default(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _int_arg(name: str, value: object, where: str, minimum: int = 0) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ModelregUsageError(f"{where}: {name} must be a whole number >= {minimum}, got {value!r}")
+        raise ModelregUsageError(f"{where}: {name} must be a whole number >= {minimum}, "
+                                 f"got {shown(value)}")
     return value
 
 
@@ -189,54 +203,98 @@ def _gen_kwargs(value: object, where: str) -> str | None:
         return None
     if isinstance(value, str):
         value = split_model_args(value, f"{where}: gen_kwargs")
-    if not isinstance(value, Mapping):
-        raise ModelregUsageError(f"{where}: gen_kwargs must be a dict or 'k=v,k=v', got {value!r}")
-    return ",".join(f"{k}={value[k]}" for k in sorted(value))
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ModelregUsageError(f"{where}: gen_kwargs must be a dict or 'k=v,k=v', "
+                                 f"got {shown(value)}")
+    try:
+        return ",".join(f"{k}={value[k]}" for k in sorted(value))
+    except ValueError:  # a value that cannot be written out (an int of 5000 digits)
+        raise ModelregUsageError(f"{where}: gen_kwargs has a value that cannot be written as "
+                                 f"text: {shown(value)}") from None
 
 
 def short_hash(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:8]
 
 
+def _model(args: Mapping[str, Any], settings: Settings, where: str) -> tuple[str, str]:
+    """(model type, model_args) of a marker/fixture call, or the session's."""
+    model = args.get("model")
+    model = settings.model if model in (None, "") else parse_model(model, f"{where}: model")
+    model_args = args.get("model_args")
+    if model_args is None:
+        model_args = settings.model_args
+    elif not isinstance(model_args, str):
+        raise ModelregUsageError(f"{where}: model_args must be 'key=value,key=value' text, got "
+                                 f"{shown(model_args)}")
+    split_model_args(model_args, f"{where}: model_args")
+    return model, model_args
+
+
+def _seeds(args: Mapping[str, Any], settings: Settings, where: str) -> tuple[int, int, int, int]:
+    seed = args.get("seed", settings.seed)
+    if seed is None:
+        return DEFAULT_SEEDS
+    if type(seed) is not int or not 0 <= seed < SEED_RANGE:  # numpy refuses others, late
+        raise ModelregUsageError(f"{where}: seed must be a whole number from 0 to "
+                                 f"{SEED_RANGE - 1}, got {shown(seed)}")
+    return (seed, seed, seed, seed)
+
+
+def _chat(args: Mapping[str, Any], where: str) -> tuple[bool | str, bool, str | None]:
+    """(apply_chat_template, fewshot_as_multiturn, system_instruction), type-checked: they are
+    part of the evaluation key, which must be hashable and mean what it says."""
+    template = args.get("apply_chat_template")
+    multiturn = args.get("fewshot_as_multiturn")
+    instruction = args.get("system_instruction")
+    if template is not None and not isinstance(template, (bool, str)):
+        raise ModelregUsageError(f"{where}: apply_chat_template must be True, False or a "
+                                 f"template name, got {shown(template)}")
+    if multiturn is not None and not isinstance(multiturn, bool):
+        raise ModelregUsageError(f"{where}: fewshot_as_multiturn must be True or False, got "
+                                 f"{shown(multiturn)}")
+    if instruction is not None and not isinstance(instruction, str):
+        raise ModelregUsageError(f"{where}: system_instruction must be text, got "
+                                 f"{shown(instruction)}")
+    return template or False, bool(multiturn), instruction
+
+
 def build_spec(task: object, args: Mapping[str, Any], settings: Settings, where: str) -> EvalSpec:
     """An ``EvalSpec`` from marker/fixture arguments, falling back to the session settings."""
     if not isinstance(task, str) or not task.strip():
-        raise ModelregUsageError(f"{where}: task must be a task name, got {task!r}")
-    unknown = sorted(set(args) - set(EVAL_ARGS))
+        raise ModelregUsageError(f"{where}: task must be a task name, got {shown(task)}")
+    unknown = sorted(set(args) - set(EVAL_ARGS), key=str)
     if unknown:
         raise ModelregUsageError(
-            f"{where}: unknown argument {unknown[0]!r}{suggest(unknown[0], EVAL_ARGS)}"
+            f"{where}: unknown argument {shown(unknown[0])}{suggest(unknown[0], EVAL_ARGS)}"
         )
-    model = args.get("model") or settings.model
-    model_args = settings.model_args if args.get("model_args") is None else str(args["model_args"])
-    split_model_args(model_args, f"{where}: model_args")
+    model, model_args = _model(args, settings, where)
     limit = settings.limit if args.get("limit") is None else parse_limit(args["limit"], f"{where}: limit")
-    seed = args.get("seed", settings.seed)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ModelregUsageError(f"{where}: seed must be a whole number, got {seed!r}")
-    overridden = args.get("model") is not None or args.get("model_args") is not None
+    overridden = args.get("model") not in (None, "") or args.get("model_args") is not None
     baseline = args.get("baseline")
     if baseline is not None and (not isinstance(baseline, str) or not baseline.strip()):
-        raise ModelregUsageError(f"{where}: baseline must be a name, got {baseline!r}")
+        raise ModelregUsageError(f"{where}: baseline must be a name, got {shown(baseline)}")
     default_name = f"{task}--{model}-{short_hash(model, model_args)}" if overridden else task
     evaluator = args.get("evaluator")
     if evaluator is not None and not callable(evaluator):
         raise ModelregUsageError(f"{where}: evaluator must be a function that evaluates the model, "
-                                 f"got {evaluator!r}")
+                                 f"got {shown(evaluator)}")
+    template, multiturn, instruction = _chat(args, where)
     return EvalSpec(
         task=task.strip(),
-        model=str(model),
+        model=model,
         model_args=model_args,
         limit=limit,
         num_fewshot=_int_arg("num_fewshot", args.get("num_fewshot"), where),
         batch_size=parse_batch_size(args.get("batch_size", settings.batch_size), f"{where}: batch_size"),
         device=settings.device,
         gen_kwargs=_gen_kwargs(args.get("gen_kwargs"), where),
-        apply_chat_template=args.get("apply_chat_template", False),
-        fewshot_as_multiturn=bool(args.get("fewshot_as_multiturn", False)),
-        system_instruction=args.get("system_instruction"),
-        seeds=DEFAULT_SEEDS if seed is None else (seed, seed, seed, seed),
-        bootstrap_iters=_int_arg("bootstrap_iters", args.get("bootstrap_iters"), where) or 100_000,
+        apply_chat_template=template,
+        fewshot_as_multiturn=multiturn,
+        system_instruction=instruction,
+        seeds=_seeds(args, settings, where),
+        bootstrap_iters=_default(_int_arg("bootstrap_iters", args.get("bootstrap_iters"), where),
+                                 100_000),  # 0 turns lm-eval's bootstrap off; keep it
         baseline_name=(baseline or default_name).strip(),
         evaluator=evaluator,
     )
@@ -270,7 +328,7 @@ def parse_requirements(kwargs: Mapping[str, Any], where: str) -> tuple[bool, flo
 
     gpu = kwargs.get("gpu", False)
     if not isinstance(gpu, bool):
-        raise ModelregUsageError(f"{where}: gpu must be True or False, got {gpu!r}")
+        raise ModelregUsageError(f"{where}: gpu must be True or False, got {shown(gpu)}")
     memory = kwargs.get("min_gpu_memory")
     least = None if memory is None else parse_memory(memory, f"{where}: min_gpu_memory")
     return gpu or least is not None, least
