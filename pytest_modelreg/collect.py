@@ -24,8 +24,13 @@ class ReportCollector:
 
     def add(self, nodeid: str, when: str, outcome: str, duration: float, message: str,
             properties: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-        """Take one report; returns the evaluations it announces for the first time."""
-        if not any(name in (TEST_PROPERTY, FLAT_TEST_PROPERTY) for name, _ in properties):
+        """Take one report; returns the evaluations it announces for the first time.
+
+        ``when == "???"`` is xdist's report for a test whose worker died under it: it carries no
+        properties, so it is taken for a modelreg test whose setup report came earlier.
+        """
+        ours = any(name in (TEST_PROPERTY, FLAT_TEST_PROPERTY) for name, _ in properties)
+        if not ours and not (when == "???" and nodeid in self.pending):
             return []
         from .tracking import TestRecord
         record = self.pending.setdefault(nodeid, TestRecord(nodeid))
@@ -57,6 +62,13 @@ class ReportCollector:
             self.on_test_done(record)
 
     def flush(self) -> None:
-        """Tests whose teardown never came (an interrupted or crashed session)."""
+        """Tests whose teardown never came (an interrupted or crashed session). Every one is
+        handed on even when one of them fails; the first failure is raised at the end."""
+        failure: Exception | None = None
         for nodeid in list(self.pending):
-            self.finish(nodeid)
+            try:
+                self.finish(nodeid)
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure

@@ -6,6 +6,7 @@ has the plugin installed.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import importlib.util
 import json
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
 SESSION_KEY = pytest.StashKey["ModelregSession"]()
 SETUP_KEY = pytest.StashKey["SessionSetup"]()
 PARSED_KEY = pytest.StashKey[list]()
+CALL_OUTCOME_KEY = pytest.StashKey[tuple]()
 ARTIFACT_DIR_INPUT = "modelreg_artifact_dir"
+PENDING_DIR_INPUT = "modelreg_pending_dir"
 MARKER_HELP = ("modelreg(task, metrics=None, limit=None, num_fewshot=None, min=None, max=None, "
                "tolerance=None, model=None, model_args=None, ...): evaluate an lm-eval task and "
                "check its metrics against thresholds and the recorded baseline")
@@ -70,6 +73,10 @@ def pytest_configure(config: pytest.Config) -> None:
     worker_input = getattr(config, "workerinput", None)
     setup = SessionSetup(settings, live=sys.stdout.isatty() and worker_input is None)
     config.stash[SETUP_KEY] = setup
+    setup.pending_dir = pending_baselines_dir(worker_input)
+    config.pluginmanager.register(
+        BaselineWrites(setup.pending_dir.parent, settings, worker_input is not None),
+        "modelreg-baseline-writes")
     if worker_input is not None:
         folder = worker_input.get(ARTIFACT_DIR_INPUT)
         setup.artifact_dir = Path(folder) if folder else None
@@ -99,6 +106,15 @@ class SessionSetup:
         self.settings = settings
         self.live = live
         self.artifact_dir: Path | None = None
+        self.pending_dir = Path()
+
+
+def pending_baselines_dir(worker_input: dict[str, Any] | None) -> Path:
+    """This process's folder for approved baselines, under the session's (made when used)."""
+    if worker_input is not None and PENDING_DIR_INPUT in worker_input:
+        return Path(worker_input[PENDING_DIR_INPUT]) / str(worker_input.get("workerid", "gw"))
+    root = Path(tempfile.gettempdir()) / f"pytest-modelreg-pending-{uuid.uuid4().hex}"
+    return root / "main"
 
 
 def modelreg_session(config: pytest.Config) -> ModelregSession:
@@ -113,6 +129,7 @@ def modelreg_session(config: pytest.Config) -> ModelregSession:
         session = ModelregSession(setup.settings, progress=TerminalProgress(config, live=setup.live),
                                   default_cache_dir=_pytest_cache_dir(config))
         session.artifact_dir = setup.artifact_dir
+        session.pending_dir = setup.pending_dir
         config.stash[SESSION_KEY] = session
     return session
 
@@ -216,7 +233,78 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     error = call.excinfo.value if call.excinfo is not None else None
     if isinstance(error, (ModelregError, CheckFailed)) and report.failed:
         report.longrepr = f"modelreg: {error}"  # one clear message, no library traceback
+    if SESSION_KEY in item.config.stash:
+        settle_recorded_baselines(item, call, report)
     return report
+
+
+def settle_recorded_baselines(item: pytest.Item, call: pytest.CallInfo[None],
+                              report: pytest.TestReport) -> None:
+    """A test's recorded baselines are approved once its teardown is over, only when its call
+    completed (passed, or failed only modelreg's checks) and nothing else errored."""
+    if call.when == "call":
+        item.stash[CALL_OUTCOME_KEY] = call_outcome(call, report)
+    elif call.when == "teardown":
+        completed, why = item.stash.get(CALL_OUTCOME_KEY, (False, "the test's setup failed"))
+        if completed and report.failed:
+            completed, why = False, "the test's teardown failed"
+        modelreg_session(item.config).end_test(completed, f"{why} ({item.nodeid})")
+
+
+def call_outcome(call: pytest.CallInfo[None], report: pytest.TestReport) -> tuple[bool, str]:
+    if call.excinfo is None:
+        return True, ""
+    if isinstance(call.excinfo.value, CheckFailed):
+        return True, ""  # a failed check is a verdict about the model: its results stand
+    if report.skipped:
+        return False, "the test was skipped or xfailed"
+    text = str(call.excinfo.value).strip().splitlines()
+    return False, f"the test raised {call.excinfo.typename}{': ' + text[0] if text else ''}"
+
+
+class BaselineWrites:
+    """Recorded baselines wait in a pending folder (one per process) and the controller writes
+    them all when the session ends: those of a crashed xdist worker too, none after Ctrl-C."""
+
+    def __init__(self, root: Path, settings: Settings, worker: bool) -> None:
+        self.root = root
+        self.settings = settings
+        self.worker = worker
+        self.lines: list[str] = []
+        self.refused = False
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[PENDING_DIR_INPUT] = str(self.root)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        modelreg = session.config.stash.get(SESSION_KEY, None)
+        if modelreg is not None:
+            self.lines.extend(modelreg.not_updated_lines())
+        if self.worker:
+            session.config.workeroutput[PENDING_DIR_INPUT] = self.lines  # type: ignore[attr-defined]
+            return
+        if not self.root.exists():
+            return
+        from .baselines import BaselineStore
+        from .session import write_pending_baselines
+
+        lines, refused = write_pending_baselines(
+            self.root, BaselineStore(self.settings.baseline_dir),
+            interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+        self.lines.extend(lines)
+        self.refused = refused
+        if refused and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # an update was refused
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        self.lines.extend(getattr(node, "workeroutput", {}).get(PENDING_DIR_INPUT, []))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        for line in self.lines:
+            terminalreporter.write_line(f"modelreg: {line}", yellow=True)
 
 
 @pytest.fixture
@@ -243,6 +331,8 @@ class ModelregController:
         self.drift_lines: list[str] = []
         self.artifact_dir: Path | None = None
         self.session_tracker: SessionTracker | None = None
+        self.session: pytest.Session | None = None
+        self.summary = LineRecorder()  # the terminal summary, rendered at session finish
         self.started_at = time.time()
         if self.tracking.enabled:
             self.artifact_dir = Path(tempfile.mkdtemp(prefix="pytest-modelreg-"))
@@ -270,42 +360,63 @@ class ModelregController:
             params=tracking_context.session_params(self.settings),
             tracking_uri=self.tracking.tracking_uri, experiment=self.tracking.experiment,
             parent_run_id=self.tracking.parent_run_id, backend=self.tracking.backend)
-        return SessionTracker(record, self._make_tracker, self.tracking.spool_dir, self._warn)
+        from .redact import known_secrets
+
+        # Masked wherever tracking writes: secret env variables and the session's model_args.
+        secrets = known_secrets(os.environ, self.settings.model_args)
+        return SessionTracker(record, self._make_tracker, self.tracking.spool_dir, self._warn,
+                              secrets=secrets)
 
     def _make_tracker(self) -> Any:
         if self.tracking.backend == "wandb":
             from .tracking.wandb_tracker import WandbTracker
 
             return WandbTracker(self.tracking.experiment, self.tracking.parent_run_id)
+        from .redact import known_secrets
         from .tracking.mlflow_tracker import MlflowTracker
 
         return MlflowTracker(self.tracking.tracking_uri, self.tracking.experiment,
-                             self.tracking.parent_run_id)
+                             self.tracking.parent_run_id,
+                             secrets=known_secrets(os.environ, self.settings.model_args))
 
     def _connect_or_fail(self) -> None:
+        """--mlflow-strict: a usable server before any model loads, or a usage error (bounded
+        by the tracker's own HTTP timeouts and retries)."""
         try:
             tracker = self._make_tracker()
             tracker.connect()
         except Exception as exc:
-            fix = ("log in to W&B or set WANDB_MODE=offline" if self.tracking.backend == "wandb"
-                   else "start the server, fix --mlflow-tracking-uri")
-            raise pytest.UsageError(
+            from .redact import known_secrets, scrub
+            from .tracking import describe_failure
+
+            reason, fix = describe_failure(exc, self.tracking.backend, self.tracking.tracking_uri,
+                                           self.tracking.experiment)
+            raise pytest.UsageError(scrub(
                 f"modelreg: {self._backend_name()} tracking at {self._uri_text()} is not usable "
-                f"({type(exc).__name__}: {str(exc).strip()[:300]}); {fix}, or drop "
-                "--mlflow-strict") from None
+                f"({reason}); {fix}, or drop --mlflow-strict",
+                known_secrets(os.environ, self.settings.model_args))) from None
         assert self.session_tracker is not None
         self.session_tracker.tracker = tracker
 
     def _uri_text(self) -> str:
         if self.tracking.backend == "wandb":
             return f"W&B ({os.environ.get('WANDB_MODE', 'online')})"
-        return self.tracking.tracking_uri or "MLflow's default (sqlite:///mlflow.db)"
+        from .redact import redact_url
+
+        return redact_url(self.tracking.tracking_uri or "MLflow's default (sqlite:///mlflow.db)")
 
     def _backend_name(self) -> str:
         return "W&B" if self.tracking.backend == "wandb" else "MLflow"
 
     def _warn(self, message: str) -> None:
-        self._write(f"modelreg: WARNING: {message}", yellow=True)
+        from .redact import known_secrets, scrub
+
+        # At the session's end the progress line ("[100%]") has no newline yet.
+        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+        if getattr(getattr(reporter, "_tw", None), "width_of_current_line", 0):
+            reporter._tw.line()
+        secrets = known_secrets(os.environ, self.settings.model_args)
+        self._write(scrub(f"modelreg: WARNING: {message}", secrets), yellow=True)
 
     def _test_done(self, test: TestRecord) -> None:
         if not self.tracking.enabled:
@@ -351,11 +462,40 @@ class ModelregController:
                 and not getattr(option, "keyword", "") and not getattr(option, "markexpr", "")
                 and not getattr(option, "lf", False))
 
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.session = session  # an error of ours at the end sets its exit status
+
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        self.collector.flush()
-        self._write_manifest(exitstatus)
-        self._finish_tracking(exitstatus)
-        self._write_requested_reports(int(exitstatus))
+        """Each step runs even when one before it failed, and the run is always ended: an error
+        of the plugin's own becomes pytest's internal error (exit 3) and ends the run FAILED."""
+        with self._internal_errors():
+            self.collector.flush()
+        with self._internal_errors():
+            self._write_manifest(exitstatus)
+        tracker = self.session_tracker if self.session_tracker is not None \
+            and self.session_tracker.session.tests else None
+        artifacts: dict[str, str] = {}
+        if tracker is not None:
+            with self._internal_errors():
+                artifacts.update(self._check_drift())
+        with self._internal_errors():  # rendered now, so that an error in it ends the run FAILED
+            self._summarise_results(self.summary)
+        if tracker is not None:
+            self._finish_tracking(tracker, session, artifacts)
+        with self._internal_errors():
+            self._write_requested_reports(int(session.exitstatus))
+
+    @contextlib.contextmanager
+    def _internal_errors(self) -> Iterator[None]:
+        """A bug of ours at the session's end, shown as pytest shows its internal errors
+        (``INTERNALERROR>`` lines, exit 3) instead of escaping the hook: an exception out of
+        pytest_sessionfinish would skip the other plugins' finish and exit 1 with a bare traceback."""
+        try:
+            yield
+        except Exception:
+            self.config.notify_exception(pytest.ExceptionInfo.from_current(), self.config.option)
+            if self.session is not None:
+                self.session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
     def _cache_line(self) -> str | None:
         from .report import cache_summary
@@ -400,15 +540,18 @@ class ModelregController:
         if not self.collector.evaluations and not self.collector.rows:
             return
         from .baselines import atomic_write
-        from .report import markdown_report
+        from .report import finite_json, markdown_report
 
+        if self.settings.json_report is not None:  # first: it needs no rendering that could fail
+            atomic_write(self.settings.json_report, json.dumps(
+                finite_json(self._report(exitstatus)), indent=2, default=str, allow_nan=False)
+                + "\n")
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if self.settings.markdown_report is None and not summary:
+            return
         markdown = markdown_report(self.collector.rows, notes=self._notes())
-        if self.settings.json_report is not None:
-            atomic_write(self.settings.json_report,
-                         json.dumps(self._report(exitstatus), indent=2, default=str) + "\n")
         if self.settings.markdown_report is not None:
             atomic_write(self.settings.markdown_report, markdown)
-        summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary:  # GitHub Actions shows this file on the run's summary page
             with open(summary, "a", encoding="utf-8") as handle:
                 handle.write(markdown + "\n")
@@ -431,26 +574,26 @@ class ModelregController:
             used = {v["baseline"] for v in self.collector.evaluations}
             self.unused_baselines = sorted(set(modelreg.store.names()) - used)
 
-    def _finish_tracking(self, exitstatus: int) -> None:
-        tracker = self.session_tracker
-        if tracker is None or not tracker.session.tests:
-            return
-        status = {pytest.ExitCode.OK: "FINISHED", pytest.ExitCode.NO_TESTS_COLLECTED: "FINISHED",
-                  pytest.ExitCode.INTERRUPTED: "KILLED"}.get(exitstatus, "FAILED")
-        failed = any(t.failed for t in tracker.session.tests)
-        if status == "FINISHED" and failed:
-            status = "FAILED"
-        outcome = {"FINISHED": "passed", "KILLED": "interrupted"}.get(status, "failed")
+    def _finish_tracking(self, tracker: SessionTracker, session: pytest.Session,
+                         artifacts: dict[str, str]) -> None:
+        """End the run whatever fails on the way; after an error of ours it ends FAILED."""
         record = tracker.session
+        record.artifacts.update(artifacts)
+        with self._internal_errors():
+            record.artifacts.update(self._write_reports(record))
+        with self._internal_errors():
+            self._name_run(record, run_status(session.exitstatus, record.tests))
+        with self._internal_errors():
+            tracker.finish(run_status(session.exitstatus, record.tests))
+
+    def _name_run(self, record: SessionRecord, status: str) -> None:
+        outcome = {"FINISHED": "passed", "KILLED": "interrupted"}.get(status, "failed")
         record.tags["outcome"] = outcome
         from .tracking import context as tracking_context
 
         label = tracking_context.model_label(self.settings.model, self.settings.model_args)
         record.run_name = self.tracking.run_name or tracking_context.run_name(
             record.started_at, label, outcome)
-        record.artifacts.update(self._check_drift())
-        record.artifacts.update(self._write_reports(record))
-        tracker.finish(status)
 
     def _check_drift(self) -> dict[str, str]:
         """--modelreg-drift-window N: each metric against the median of the last N sessions."""
@@ -486,11 +629,18 @@ class ModelregController:
         return {"modelreg-report.json": str(report_json), "modelreg-report.md": str(report_md)}
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.collector.rows:
+            terminalreporter.section("modelreg")
+        for line, markup in self.summary.lines:
+            terminalreporter.write_line(line, **markup)
+        with self._internal_errors():
+            self._summarise_tracking(terminalreporter)
+
+    def _summarise_results(self, terminalreporter: Any) -> None:
         rows = self.collector.rows
         if rows:
             from .report import write_table
 
-            terminalreporter.section("modelreg")
             write_table(terminalreporter, rows)
             recorded = sorted({r["task"] for r in rows if r["verdict"] == "recorded"})
             if recorded:
@@ -503,7 +653,6 @@ class ModelregController:
             terminalreporter.write_line(f"modelreg: {unused}", yellow=True)
         if self.collector.evaluations and (line := self._cache_line()):
             terminalreporter.write_line(f"modelreg: {line}")
-        self._summarise_tracking(terminalreporter)
 
     def _summarise_correction(self, terminalreporter: Any) -> None:
         if not self.collector.rows:
@@ -525,11 +674,18 @@ class ModelregController:
             terminalreporter.write_line(
                 f"modelreg: {self._backend_name()} was not reachable; the session is spooled in "
                 f"{tracker.spool_path}; replay it with: pytest-modelreg sync", yellow=True)
+            terminalreporter.write_line(
+                f"modelreg: tracking cost this session {tracker.wait_seconds:.2f} s of waiting "
+                f"(at most {tracker.wait_budget:g} s; {tracker.busy_seconds:.2f} s in the "
+                "background)")
         elif tracker.tracker is not None and tracker.tracker.run_id:
+            from .redact import redact_url
+
             inner = tracker.tracker
             line = (f"modelreg: {self._backend_name()} run {inner.run_id} in "
                     f"{'project' if self.tracking.backend == 'wandb' else 'experiment'} "
-                    f"'{self.tracking.experiment}' at {getattr(inner, 'tracking_uri', '')} "
+                    f"'{self.tracking.experiment}' at "
+                    f"{redact_url(getattr(inner, 'tracking_uri', '') or '')} "
                     f"(logging: {tracker.busy_seconds:.2f} s in the background, "
                     f"{tracker.wait_seconds:.2f} s waited)")
             terminalreporter.write_line(line)
@@ -547,6 +703,24 @@ class ModelregController:
         reporter = self.config.pluginmanager.getplugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(line, **markup)
+
+
+class LineRecorder:
+    """A terminal writer that keeps its lines, to be written out later."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, bool]]] = []
+
+    def write_line(self, line: str, **markup: bool) -> None:
+        self.lines.append((line, markup))
+
+
+def run_status(exitstatus: int, tests: list[TestRecord]) -> str:
+    """How the session's run ends: FINISHED, KILLED (interrupted) or FAILED (failed tests, an
+    internal error, a crashed worker, anything else)."""
+    status = {pytest.ExitCode.OK: "FINISHED", pytest.ExitCode.NO_TESTS_COLLECTED: "FINISHED",
+              pytest.ExitCode.INTERRUPTED: "KILLED"}.get(exitstatus, "FAILED")
+    return "FAILED" if status == "FINISHED" and any(t.failed for t in tests) else status
 
 
 class JunitProperties:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -188,3 +189,14 @@ def cache_summary(evaluations: Sequence[Mapping[str, Any]], folder: object) -> s
     return (f"{len(hits)} of {len(evaluations)} evaluation(s) served from the result cache in "
             f"{folder} (about {saved:.0f} s of evaluation saved; --modelreg-no-cache re-runs "
             "them, --cache-clear empties it)")
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: strict JSON readers reject bare NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CheckFailed, ModelregUsageError
 from .spec import EvalSpec, MetricCheck, Tolerance, parse_threshold, parse_tolerance, suggest
-from .verdict import OUT_OF_BOUNDS, PASS, Verdict, check_bounds
+from .verdict import INVALID, OUT_OF_BOUNDS, PASS, Verdict, check_bounds, not_finite_message
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,55 @@ class SampleOutcome:
 def samples_jsonl(samples: list[SampleOutcome]) -> str:
     """Per-sample outcomes as JSON lines: one doc a line, so a diff shows which docs changed."""
     return "".join(json.dumps(s.to_dict(), sort_keys=True) + "\n" for s in samples)
+
+
+@dataclass(frozen=True)
+class DocChanges:
+    """How the docs of two evaluations differ, joined on doc id: their text (the doc's hash),
+    their prompt or target (same doc, other rendering), or docs on one side only."""
+
+    total: int  # distinct doc ids on either side
+    text: int = 0
+    prompt: int = 0
+    new: int = 0
+    missing: int = 0
+
+    @property
+    def differ(self) -> int:
+        return self.text + self.prompt + self.new + self.missing
+
+    def summary(self) -> str:
+        return (f"{self.differ} of {self.total} docs differ from the baseline: {self.text} "
+                f"changed text, {self.prompt} changed prompt, {self.new} new, "
+                f"{self.missing} missing")
+
+
+def doc_changes(before: list[SampleOutcome] | None, after: list[SampleOutcome]
+                ) -> DocChanges | None:
+    """The docs that differ, or None when a side has no per-sample hashes to tell."""
+    if not before or not after or not all(s.doc_hash for s in (*before, *after)):
+        return None
+    old = {s.doc_id: s for s in before}
+    new = {s.doc_id: s for s in after}
+    text = prompt = 0
+    for doc_id in old.keys() & new.keys():
+        a, b = old[doc_id], new[doc_id]
+        if a.doc_hash != b.doc_hash:
+            text += 1
+        elif (a.prompt_hash, a.target_hash) != (b.prompt_hash, b.target_hash):
+            prompt += 1
+    return DocChanges(len(old.keys() | new.keys()), text, prompt, len(new.keys() - old.keys()),
+                      len(old.keys() - new.keys()))
+
+
+def non_finite_samples(samples: list[SampleOutcome] | None, metric: str) -> str | None:
+    """A sentence naming the docs whose value of ``metric`` is NaN or infinite, else None."""
+    with_metric = [s for s in samples or [] if metric in s.values]
+    bad = [s for s in with_metric if not math.isfinite(s.values[metric])]
+    if not bad:
+        return None
+    return (f"{metric} is {bad[0].values[metric]} on {len(bad)} of {len(with_metric)} docs "
+            f"(e.g. doc id {bad[0].doc_id!r})")
 
 
 BaselineJudge = Callable[["EvalResult", MetricCheck], Verdict]
@@ -77,6 +127,18 @@ class EvalResult:
     def task(self) -> str:
         return self.spec.task
 
+    def invalid(self, metric: str | None = None) -> str | None:
+        """Why ``metric`` (every metric when None) is not a valid number: NaN or infinite, as a
+        whole or on some docs. None when it is valid."""
+        names = sorted(self.metrics) if metric is None else [metric]
+        for name in names:
+            value = self.metrics.get(name)
+            if value is not None and not math.isfinite(value):
+                return f"{name} is {value}"
+            if (bad := non_finite_samples(self.samples, name)) is not None:
+                return bad
+        return None
+
     def resolve_metric(self, name: str) -> str:
         """The key of ``name`` in ``metrics``; an unknown name lists the task's metrics."""
         if name in self.metrics:
@@ -105,6 +167,10 @@ class EvalResult:
         where = f"check({metric!r})"
         low, high = parse_threshold("min", min, where), parse_threshold("max", max, where)
         value = self.metrics[key]
+        if (problem := self.invalid(key)) is not None:  # NaN fails no bound: never a pass
+            return self._record(Verdict(self.task, key, INVALID, value,
+                                        message=not_finite_message(problem),
+                                        stderr=self.stderr.get(key)))
         miss = check_bounds(key, value, low, high)
         verdict = Verdict(self.task, key, OUT_OF_BOUNDS if miss else PASS, value,
                           message=miss or f"{key} = {value:.4f} within bounds",

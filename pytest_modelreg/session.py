@@ -5,17 +5,18 @@ One instance lives in ``config.stash``; it never sees pytest objects, so it is t
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .baselines import Baseline, BaselineStore
+from .baselines import Baseline, BaselineStore, PendingBaselines
 from .cache import ResultCache
 from .errors import BaselineError, ModelregError
 from .fingerprint import diff_fingerprints
-from .results import EvalResult, SampleOutcome
+from .results import EvalResult, SampleOutcome, doc_changes, non_finite_samples
 from .runner import Evaluator, NullProgress, Progress
 from .settings import Settings
 from .spec import EvalSpec, MetricCheck, function_name
@@ -26,8 +27,10 @@ from .verdict import (
     REGRESSED,
     SUSPICIOUS_GAIN,
     Verdict,
+    finite_or_none,
     fmt,
     judge_metric,
+    not_finite_message,
 )
 
 if TYPE_CHECKING:  # scipy-backed statistics load when the first comparison is made
@@ -58,7 +61,14 @@ class ModelregSession:
         self._results: dict[EvalSpec, EvalResult | ModelregError] = {}
         self._baselines: dict[str, Baseline | None] = {}
         self._fingerprints: dict[str, dict[str, object]] = {}  # baseline name -> claimed by
-        self.recorded: set[str] = set()  # baseline names written in this session
+        self.recorded: set[str] = set()  # baseline names recorded in this session
+        # Recording is staged: a test's baselines are approved when it ends cleanly
+        # (end_test), wait in pending_dir, and are written when the session ends, unless it
+        # was interrupted (see write_pending_baselines).
+        self._staged: dict[str, Baseline] = {}
+        self.pending_dir: Path | None = None  # set by the plugin; a temp folder otherwise
+        self._withheld: set[str] = set()  # the running test's inconclusive updates
+        self.not_updated: list[tuple[str, str]] = []  # (baseline name, why)
         self.artifact_dir: Path | None = None  # set by the plugin when a tracker wants files
         self.planned_checks = 1  # baseline checks in the session, counted at collection
 
@@ -160,8 +170,32 @@ class ModelregSession:
                                 "not recorded")
         name = result.spec.baseline_name
         self.baseline(name)  # keep the old values for the deltas shown in this session
-        self.store.save(baseline_from_result(result))
+        self._staged[name] = baseline_from_result(result)
         self.recorded.add(name)
+
+    def end_test(self, completed: bool, why: str = "") -> None:
+        """The running test ended. Its recorded baselines are approved when it completed
+        (passed, or failed only modelreg's own checks); otherwise the old ones stay."""
+        if completed and self._staged:
+            pending = PendingBaselines(self._pending_dir())
+            for name, baseline in self._staged.items():
+                pending.add(baseline, self.store.read_digests.get(name))
+        elif not completed:
+            self.not_updated.extend((name, why) for name in self._staged)
+            self.recorded.difference_update(self._staged)  # a later test may record it
+        self.recorded.difference_update(self._withheld)
+        self._staged.clear()
+        self._withheld.clear()
+
+    def _pending_dir(self) -> Path:
+        if self.pending_dir is None:
+            import tempfile
+
+            self.pending_dir = Path(tempfile.mkdtemp(prefix="modelreg-pending-")) / "main"
+        return self.pending_dir
+
+    def not_updated_lines(self) -> list[str]:
+        return [f"baseline {name} was not updated: {why}" for name, why in self.not_updated]
 
     # -- verdicts --------------------------------------------------------------------------
     def judge(self, result: EvalResult, check: MetricCheck, record_hint: str) -> Verdict:
@@ -171,14 +205,28 @@ class ModelregSession:
         self._claim_baseline_name(result)
         baseline = self.baseline(name)
         if name not in self.recorded and self._should_record(name):
+            if (problem := result.invalid()) is not None:  # NaN anywhere: never a baseline
+                raise ModelregError(f"{result.task}: {problem}, not a valid number; the baseline "
+                                    "was not recorded")
             self._record(result)
-        recorded_now = name in self.recorded
-        mismatch = None
+        recorded_now = name in self.recorded and name not in self._withheld
+        if recorded_now and baseline is not None \
+                and self._withhold_if_inconclusive(result, baseline, check):
+            recorded_now = False  # judged against the old baseline, which stays
+        invalid = None if (problem := result.invalid(check.metric)) is None \
+            else not_finite_message(problem)
+        mismatch, changes = None, None
         if baseline is not None and not recorded_now:
             mismatch = diff_fingerprints(baseline.fingerprint, result.fingerprint) or None
+            changes = doc_changes(baseline.samples, result.samples)
+            if invalid is None and (bad := non_finite_samples(baseline.samples,
+                                                              check.metric)) is not None:
+                invalid = (f"the baseline of {name} is damaged: {bad}; re-record it with "
+                           f"{record_hint}")
+        docs_differ = changes.summary() if changes is not None and changes.differ else None
         comparison = None
-        if baseline is not None and not recorded_now and not mismatch \
-                and baseline.value(check.metric) is not None:
+        if baseline is not None and not recorded_now and not mismatch and not docs_differ \
+                and invalid is None and baseline.value(check.metric) is not None:
             comparison = compare_with_baseline(result, baseline, check, self.test_alpha)
         verdict = judge_metric(
             result.task, check, result.metrics[check.metric],
@@ -186,16 +234,43 @@ class ModelregSession:
             mismatch=mismatch, update=recorded_now, record_hint=record_hint,
             compared=None if comparison is None else describe(comparison, result, baseline, check,
                                                              self.test_alpha),
-            strict=self.settings.strict)
-        verdict = replace(verdict, stderr=result.stderr.get(check.metric))
+            strict=self.settings.strict, invalid=invalid, docs_differ=docs_differ)
+        verdict = replace(verdict, stderr=finite_or_none(result.stderr.get(check.metric)))
         if comparison is not None:
-            verdict = replace(verdict, ci_low=comparison.ci[0], ci_high=comparison.ci[1],
-                              p_value=comparison.p_value, n=comparison.n, mde=comparison.mde,
+            verdict = replace(verdict, ci_low=finite_or_none(comparison.ci[0]),
+                              ci_high=finite_or_none(comparison.ci[1]),
+                              p_value=finite_or_none(comparison.p_value), n=comparison.n,
+                              mde=finite_or_none(comparison.mde),
                               method=comparison.method, underpowered=comparison.underpowered,
                               docs_needed=comparison.docs_needed)
             if verdict.verdict == REGRESSED and comparison.paired and baseline is not None:
                 verdict = replace(verdict, flipped=worse_samples(result, baseline, check.metric))
         return verdict
+
+    def _withhold_if_inconclusive(self, result: EvalResult, baseline: Baseline,
+                                  check: MetricCheck) -> bool:
+        """--modelreg-update first compares with the old baseline: an inconclusive difference is
+        no evidence of a change, and accepting one after another would let a baseline drift down
+        unnoticed, so the old baseline stays (``baselines accept`` records it anyway)."""
+        changes = doc_changes(baseline.samples, result.samples)
+        if diff_fingerprints(baseline.fingerprint, result.fingerprint) \
+                or (changes is not None and changes.differ) \
+                or baseline.value(check.metric) is None or result.invalid(check.metric):
+            return False  # re-recording under new settings or data is what the update is for
+        try:
+            comparison = compare_with_baseline(result, baseline, check, self.test_alpha)
+        except ValueError:
+            return False
+        if comparison.verdict != "inconclusive":
+            return False
+        name = result.spec.baseline_name
+        self._staged.pop(name, None)
+        self._withheld.add(name)
+        self.not_updated.append((name, (
+            f"{check.metric} differs from the old baseline by an inconclusive amount "
+            f"({comparison.summary()}); evaluate more docs, or accept it anyway with: "
+            f"pytest-modelreg baselines accept {name}")))
+        return True
 
     def checks_for(self, result: EvalResult, checks: list[MetricCheck] | None,
                    defaults: dict[str, object]) -> list[MetricCheck]:
@@ -206,6 +281,24 @@ class ModelregSession:
             checks = parse_checks(sorted(result.metrics), defaults, result.task) or []
         return [MetricCheck(result.resolve_metric(c.metric), c.min, c.max, c.tolerance, c.max_gain)
                 for c in checks]
+
+
+def write_pending_baselines(root: Path, store: BaselineStore, interrupted: bool
+                            ) -> tuple[list[str], bool]:
+    """At the session's end: write the approved baselines of every process (none when the
+    session was interrupted). Returns the summary lines and whether a write was refused."""
+    import shutil
+
+    try:
+        if interrupted:
+            names = sorted({name for journal in root.glob(f"*/{PendingBaselines.JOURNAL}")
+                            for name in json.loads(journal.read_text())})
+            return ([f"{len(names)} baseline(s) not written because the session was "
+                     f"interrupted: {', '.join(names)}; nothing was changed"] if names else []), False
+        _written, refusals = PendingBaselines.commit_all(root, store)
+        return refusals, bool(refusals)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def baseline_from_result(result: EvalResult) -> Baseline:
@@ -257,10 +350,13 @@ def compare_with_baseline(result: EvalResult, baseline: Baseline, check: MetricC
         return compare_samples(base, cand, higher_is_better=higher, tolerance=tolerance,
                                alpha=alpha, clusters=subtask_clusters(result.samples),
                                max_gain=check.max_gain)
+    # Aggregates only (lm-eval's stderr, "N/A" with bootstrap_iters=0, is None): a clear
+    # "cannot compare" when either side has no standard error; n = 0 is an unknown n.
     return compare_aggregates(base_value, baseline.metrics[metric].get("stderr"),
                               result.metrics[metric], result.stderr.get(metric),
-                              n=result.n_samples, higher_is_better=higher, tolerance=tolerance,
-                              alpha=alpha, max_gain=check.max_gain)
+                              n=result.n_samples if result.n_samples >= 1 else None,
+                              higher_is_better=higher, tolerance=tolerance, alpha=alpha,
+                              max_gain=check.max_gain)
 
 
 def subtask_clusters(samples: list[SampleOutcome]) -> dict[str, str] | None:

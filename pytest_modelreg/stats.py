@@ -23,6 +23,9 @@ Methods, in order of preference for per-sample outcomes joined on their doc keys
 - ``mcnemar-exact``: 0/1 outcomes, fewer than 30 discordant pairs and no tolerance: the exact
   one-sided binomial test on the discordant pairs.
 - ``paired-z``: otherwise, the normal test on the per-doc differences.
+- ``paired-exact``: 0/1 outcomes where the paired z test has no spread (every doc flipped the
+  same way, or one doc): exact Clopper-Pearson bounds of the lost and gained rates, combined
+  with Bonferroni (conservative, never a division by zero).
 - ``unpaired-z`` (``compare_aggregates``): a baseline without samples.
 
 Power: ``mde = (z_{1-alpha} + z_{0.8}) * se``. A check is ``underpowered`` when its MDE exceeds
@@ -48,6 +51,7 @@ CANNOT_COMPARE = "cannot compare"
 VERDICTS = (PASS, REGRESSED, INCONCLUSIVE, SUSPICIOUS_GAIN, CANNOT_COMPARE)
 
 MCNEMAR_EXACT = "mcnemar-exact"
+PAIRED_EXACT = "paired-exact"
 PAIRED_Z = "paired-z"
 PAIRED_CLUSTERED = "paired-clustered"
 BOOTSTRAP = "bootstrap"
@@ -61,7 +65,8 @@ DEFAULT_MIN_EFFECT = 0.01  # the drop worth detecting when the tolerance is 0: o
 MIN_RESAMPLES = 1000  # the alpha tails of a bootstrap need some resamples in them
 ROUNDING = 1e-12  # an SE this small relative to the values is rounding noise of an exact shift
 
-_LABELS = {MCNEMAR_EXACT: "paired, McNemar exact", PAIRED_Z: "paired z",
+_LABELS = {MCNEMAR_EXACT: "paired, McNemar exact", PAIRED_EXACT: "paired, exact bounds",
+           PAIRED_Z: "paired z",
            PAIRED_CLUSTERED: "paired, clustered SE", BOOTSTRAP: "paired bootstrap",
            UNPAIRED_Z: "unpaired z", NO_METHOD: "not compared"}
 _NAN = float("nan")
@@ -256,7 +261,7 @@ class _Context:
         if not math.isfinite(estimate.gain):
             return self.cannot(f"the difference is {estimate.gain} (overflow)", n=n,
                                paired=paired, method=estimate.method, discordant=discordant)
-        if estimate.method != MCNEMAR_EXACT and not (math.isfinite(estimate.se)
+        if estimate.method not in (MCNEMAR_EXACT, PAIRED_EXACT) and not (math.isfinite(estimate.se)
                                                       and estimate.se > 0):
             return self.cannot(f"standard error is {estimate.se}: no valid spread to judge "
                                f"the difference {_num(sign * estimate.gain)} by", n=n,
@@ -347,11 +352,23 @@ def _compare_means(base: np.ndarray, cand: np.ndarray, codes: list[int] | None,
                               method=method, discordant=discordant)
     sd = _sd(gains)
     if method == MCNEMAR_EXACT and discordant is not None:
-        estimate = _mcnemar_estimate(*discordant, n, sd / math.sqrt(n), context.alpha)
+        # One doc has no sd: size the power report as for identical outcomes (rule of three).
+        spread = sd if math.isfinite(sd) else math.sqrt(min(1.0, 3 / n))
+        estimate = _mcnemar_estimate(*discordant, n, spread / math.sqrt(n), context.alpha)
     else:
         se = _clustered_se(gains, codes) if codes is not None else sd / math.sqrt(n)
         scale = float(max(np.abs(base).max(), np.abs(cand).max()))
-        estimate = _normal_estimate(mean_gain, _unless_rounding(se, scale), context, method)
+        se = _unless_rounding(se, scale)
+        if discordant is not None and not (math.isfinite(se) and se > 0):
+            # 0/1 outcomes with no spread in the differences (all flipped one way, or n = 1):
+            # the z test has nothing to divide by, the exact bounds still decide.
+            estimate = _exact_difference_estimate(*discordant, n, context)
+            return context.finish(estimate, sign, n=n, paired=True,
+                                  sd=estimate.se * math.sqrt(n), discordant=discordant)
+        if n < 2:
+            return context.cannot("only 1 doc in common: one difference has no standard "
+                                  "error to judge it by; evaluate more docs", n=n, paired=True, method=method)
+        estimate = _normal_estimate(mean_gain, se, context, method)
     return context.finish(estimate, sign, n=n, paired=True, sd=estimate.se * math.sqrt(n),
                           discordant=discordant)
 
@@ -402,6 +419,48 @@ def _mcnemar_estimate(lost: int, gained: int, n: int, se: float, alpha: float) -
         for share in _clopper_pearson(gained, total, (1 - 2 * alpha, DISPLAY_LEVEL)))
     return _Estimate((gained - lost) / n, se, low, high, (shown_low, shown_high), p_value,
                      MCNEMAR_EXACT)
+
+
+def _exact_difference_estimate(lost: int, gained: int, n: int, context: _Context) -> _Estimate:
+    """Exact, conservative bounds of the gain (c - b) / n from 0/1 paired outcomes.
+
+    The lost rate b / n and the gained rate c / n each get a one-sided Clopper-Pearson bound at
+    alpha / 2 (Bonferroni), so the gain is below ``c_low - b_high`` with probability <= alpha
+    whatever the discordance rate: no normal approximation and no spread estimate needed. The
+    p-value is the smallest level at which the bound rejects H0 "gain >= -T" (bisection).
+    """
+    def bounds(level: float) -> tuple[float, float]:
+        """(lower, upper) one-sided bounds of the gain, each at ``level``."""
+        lost_low, lost_high = _binomial_bounds(lost, n, level / 2)
+        gained_low, gained_high = _binomial_bounds(gained, n, level / 2)
+        return gained_low - lost_high, gained_high - lost_low
+
+    lower, upper = bounds(context.alpha)
+    shown = bounds((1 - DISPLAY_LEVEL) / 2)
+    low, high = 0.0, 1.0  # p: where the upper bound crosses -T (monotone in the level)
+    if bounds(1.0 - 1e-12)[1] >= -context.tolerance:
+        low = high = 1.0
+    for _ in range(40):
+        if high - low < 1e-6:
+            break
+        middle = (low + high) / 2
+        if bounds(middle)[1] < -context.tolerance:
+            high = middle
+        else:
+            low = middle
+    # The SE of a binomial difference at the bounds' spread, only for the power report.
+    se = max(upper - lower, 1.0 / n) / (2 * _z(1 - context.alpha))
+    return _Estimate((gained - lost) / n, se, lower, upper, shown, high, PAIRED_EXACT)
+
+
+def _binomial_bounds(successes: int, trials: int, tail: float) -> tuple[float, float]:
+    """One-sided exact (Clopper-Pearson) lower and upper bounds of a proportion, ``tail`` each."""
+    from scipy.stats import beta
+
+    low = float(beta.ppf(tail, successes, trials - successes + 1)) if successes else 0.0
+    high = (float(beta.ppf(1 - tail, successes + 1, trials - successes))
+            if successes < trials else 1.0)
+    return low, high
 
 
 def _clopper_pearson(successes: int, trials: int, levels: tuple[float, float]

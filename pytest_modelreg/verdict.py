@@ -60,7 +60,28 @@ class Verdict:
         return self.verdict in FAILING or (self.strict and self.verdict in STRICT_FAILING)
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """Plain values for reports and trackers: a statistic that is NaN or infinite (no
+        comparison made) becomes None, so JSON stays JSON; the measured value is kept."""
+        data = asdict(self)
+        for key in _STATISTICS:
+            value = data.get(key)
+            if isinstance(value, float) and not math.isfinite(value):
+                data[key] = None
+        return data
+
+
+_STATISTICS = ("baseline", "delta", "stderr", "ci_low", "ci_high", "p_value", "mde")
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """None for a statistic that was not computed (NaN): the table shows "-", JSON stays JSON."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def not_finite_message(problem: str) -> str:
+    """The failure sentence of a NaN or infinite metric (``problem`` names metric and docs)."""
+    return (f"{problem}; a NaN or infinite metric is never a pass: the evaluation produced no "
+            "valid number (check the metric and the model's outputs)")
 
 
 def fmt(value: float | None) -> str:
@@ -79,20 +100,25 @@ def check_bounds(metric: str, value: float, low: float | None, high: float | Non
 def judge_metric(task: str, check: MetricCheck, current: float, *,
                  baseline: float | None, mismatch: list[str] | None, update: bool,
                  record_hint: str, compared: tuple[str, str] | None = None,
-                 strict: bool = False) -> Verdict:
-    """One metric's verdict against its absolute bounds and its recorded baseline."""
-    if not math.isfinite(current):
-        return Verdict(task, check.metric, INVALID, current, baseline, None,
-                       f"{check.metric} is {current}; a NaN or infinite metric is never a pass")
+                 strict: bool = False, invalid: str | None = None,
+                 docs_differ: str | None = None) -> Verdict:
+    """One metric's verdict against its absolute bounds and its recorded baseline.
+
+    ``invalid`` is the sentence of a metric that is no valid number (NaN on some docs, or in
+    the baseline); ``docs_differ`` counts the docs that differ from the baseline's."""
+    if not math.isfinite(current) and invalid is None:
+        invalid = not_finite_message(f"{check.metric} is {current}")
+    if invalid is not None:
+        return Verdict(task, check.metric, INVALID, current, baseline, None, invalid)
     found: list[tuple[str, str]] = []
     if (miss := check_bounds(check.metric, current, check.min, check.max)) is not None:
         found.append((OUT_OF_BOUNDS, miss))
     delta = None if baseline is None else current - baseline
     if update:
         found.append((RECORDED, f"{check.metric} = {fmt(current)} recorded as the baseline"))
-    elif mismatch:
-        found.append((INCOMPARABLE, f"the baseline of {task} was recorded under other settings "
-                      f"({'; '.join(mismatch)}); re-record it with {record_hint}"))
+    elif mismatch or docs_differ:
+        found.append((INCOMPARABLE, incomparable_message(task, mismatch, docs_differ,
+                                                         record_hint)))
         delta = None
     elif baseline is None:
         found.append((NO_BASELINE, f"no baseline for {task}/{check.metric}; record it with "
@@ -105,6 +131,18 @@ def judge_metric(task: str, check: MetricCheck, current: float, *,
     shown = FAILING | (STRICT_FAILING if strict else frozenset())
     message = "; ".join(text for v, text in found if v in shown) or found[-1][1]
     return Verdict(task, check.metric, verdict, current, baseline, delta, message, strict=strict)
+
+
+def incomparable_message(task: str, mismatch: list[str] | None, docs_differ: str | None,
+                         record_hint: str) -> str:
+    """Why the baseline cannot be compared: the settings that differ and the docs that do."""
+    parts = []
+    if mismatch:
+        parts.append(f"the baseline of {task} was recorded under other settings "
+                     f"({'; '.join(mismatch)})")
+    if docs_differ:
+        parts.append(docs_differ)
+    return "; ".join(parts) + f"; re-record it with {record_hint} if the change is intended"
 
 
 def worst(verdicts: list[str]) -> str | None:

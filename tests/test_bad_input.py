@@ -119,7 +119,7 @@ def test_newer_schema(project: pytest.Pytester):
     result = run(project)
     result.assert_outcomes(failed=1)
     assert_one_line_failure(result, "*written with schema version 99, newer than this "
-                                    "pytest-modelreg reads (1); upgrade pytest-modelreg")
+                                    "pytest-modelreg reads (2); upgrade pytest-modelreg")
 
 
 def test_two_settings_on_one_baseline_name(project: pytest.Pytester):

@@ -23,7 +23,7 @@ from pytest_modelreg.custom import (
     source_hash,
 )
 from pytest_modelreg.errors import EvaluationError
-from pytest_modelreg.session import ModelregSession
+from pytest_modelreg.session import ModelregSession, write_pending_baselines
 from pytest_modelreg.settings import Settings
 from pytest_modelreg.spec import EvalSpec, MetricCheck
 from pytest_modelreg.stats import BOOTSTRAP, MCNEMAR_EXACT
@@ -375,7 +375,11 @@ def session(tmp_path: Path, **settings) -> ModelregSession:
 def judge(tmp_path: Path, model: Path, metric: str = "acc", **settings):
     modelreg = session(tmp_path, **settings)
     result, _ = modelreg.evaluate(spec_for(evaluate_fake, model))
-    return modelreg.judge(result, MetricCheck(metric), "pytest --modelreg-update")
+    verdict = modelreg.judge(result, MetricCheck(metric), "pytest --modelreg-update")
+    modelreg.end_test(True)  # as the plugin does when the test and then the session end
+    if modelreg.pending_dir is not None:
+        write_pending_baselines(modelreg.pending_dir.parent, modelreg.store, interrupted=False)
+    return verdict
 
 
 def test_paired_verdicts_on_the_docs(tmp_path: Path):

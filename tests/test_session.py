@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pytest_modelreg.results import EvalResult, SampleOutcome
-from pytest_modelreg.session import ModelregSession, subtask_clusters
+from pytest_modelreg.session import ModelregSession, subtask_clusters, write_pending_baselines
 from pytest_modelreg.settings import Settings
 from pytest_modelreg.spec import EvalSpec, MetricCheck
 
@@ -40,12 +40,20 @@ def session(tmp_path: Path, outcomes: list[float], **settings: object) -> tuple:
 SPEC = EvalSpec(task="t", model="hf", model_args="", baseline_name="t")
 
 
+def record(made: ModelregSession) -> None:
+    """What the plugin does when the test ends cleanly and then the session."""
+    made.end_test(True)
+    assert made.pending_dir is not None
+    assert write_pending_baselines(made.pending_dir.parent, made.store, False) == ([], False)
+
+
 def test_shared_evaluation_and_paired_verdicts(tmp_path: Path):
     good = [1.0] * 200
     recorder, _ = session(tmp_path, good, update=True)
     result, fresh = recorder.evaluate(SPEC)
     assert fresh and recorder.evaluate(SPEC) == (result, False)
     assert recorder.judge(result, MetricCheck("acc"), "hint").verdict == "recorded"
+    record(recorder)
 
     worse, evaluator = session(tmp_path, [0.0] * 30 + [1.0] * 170)
     result, _ = worse.evaluate(SPEC)
@@ -74,6 +82,7 @@ def test_suspicious_gain_fails(tmp_path: Path):
     recorder, _ = session(tmp_path, [0.0] * 100 + [1.0] * 100, update=True)
     result, _ = recorder.evaluate(SPEC)
     recorder.judge(result, MetricCheck("acc"), "hint")
+    record(recorder)
     better, _ = session(tmp_path, [1.0] * 200)
     result, _ = better.evaluate(SPEC)
     assert better.judge(result, MetricCheck("acc"), "hint").verdict == "pass"
