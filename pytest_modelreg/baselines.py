@@ -59,13 +59,16 @@ def safe_name(name: str) -> str:
     return cleaned or "baseline"
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str | bytes) -> None:
     """Write ``text`` so that ``path`` holds either the old or the whole new content."""
+    if not isinstance(text, (str, bytes)):
+        raise TypeError(f"atomic_write needs str or bytes, not {type(text).__name__}")
+    data = text.encode("utf-8") if isinstance(text, str) else text
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -86,10 +89,13 @@ class BaselineConflict(BaselineError):
 
 
 def file_digest(path: Path) -> str | None:
+    """The sha256 of a file, None when there is none (unreadable ones are told by the reader)."""
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        return f"unreadable: {exc.errno}"
 
 
 class BaselineStore:
@@ -244,18 +250,20 @@ class BaselineStore:
             "baseline if it should win, or re-run with --modelreg-update)")
 
     def _write_pair(self, path: Path, text: str, samples_text: str | None) -> None:
-        """Samples first, then the JSON; a kill between the two leaves the old samples in a
-        ``.prev`` copy that the reader falls back to, so the old pair still reads whole."""
-        if samples_text is not None:
-            samples = path.parent / json.loads(text)["samples_file"]
-            previous = _previous_copy(samples)
-            if samples.exists():
-                atomic_write(previous, samples.read_text(encoding="utf-8"))
-            atomic_write(samples, samples_text)
+        """Samples first, then the JSON. The samples file the old JSON vouches for is kept as a
+        ``.prev`` copy meanwhile (bytes, as they are), so a kill between the two renames still
+        leaves the old pair readable: the reader falls back to it."""
+        if samples_text is None:
             atomic_write(path, text)
-            previous.unlink(missing_ok=True)
-        else:
-            atomic_write(path, text)
+            return
+        samples = path.parent / json.loads(text)["samples_file"]
+        previous = _previous_copy(samples)
+        current = _bytes_or_none(samples)
+        if current is not None and hashlib.sha256(current).hexdigest() == _vouched_sha(path):
+            atomic_write(previous, current)  # else: keep a .prev from an earlier killed write
+        atomic_write(samples, samples_text)
+        atomic_write(path, text)
+        previous.unlink(missing_ok=True)
 
     def _serialise(self, baseline: Baseline) -> tuple[str, str | None]:
         """The JSON file's text and the samples file's (None when there are no samples)."""
@@ -282,34 +290,78 @@ class PendingBaselines:
     process (xdist worker), so the controller can write those of a crashed worker too, and
     none at all after Ctrl-C. Each keeps the digest its session read, for the conflict check."""
 
-    JOURNAL = "read-digests.json"
+    JOURNAL = ".read-digests.json"  # a leading dot: no baseline's file name can be this
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
+    def _digests(self) -> dict[str, str | None]:
+        journal = self.folder / self.JOURNAL
+        return json.loads(journal.read_text()) if journal.exists() else {}
+
     def add(self, baseline: Baseline, read_digest: str | None) -> None:
         BaselineStore(self.folder).save(baseline)
-        journal = self.folder / self.JOURNAL
-        digests = json.loads(journal.read_text()) if journal.exists() else {}
+        digests = self._digests()
         digests[baseline.name] = read_digest
-        atomic_write(journal, json.dumps(digests, sort_keys=True))
+        atomic_write(self.folder / self.JOURNAL, json.dumps(digests, sort_keys=True))
+
+    def discard(self, name: str) -> None:
+        """A baseline approved earlier in the session that must not be written after all."""
+        digests = self._digests()
+        if digests.pop(name, "absent") != "absent":
+            atomic_write(self.folder / self.JOURNAL, json.dumps(digests, sort_keys=True))
 
     @classmethod
-    def commit_all(cls, root: Path, store: BaselineStore) -> tuple[list[str], list[str]]:
-        """Write every pending baseline under ``root`` into ``store``: (written, refusals)."""
+    def commit_all(cls, root: Path, store: BaselineStore
+                   ) -> tuple[list[str], list[str], bool]:
+        """Write every pending baseline under ``root`` into ``store``.
+
+        Returns the names written, a line per baseline not written, and whether everything
+        pending is either written or kept aside (only then may ``root`` be removed)."""
         written: list[str] = []
         refusals: list[str] = []
+        safe = True
         for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-            digests = json.loads((folder / cls.JOURNAL).read_text())
+            try:
+                digests = cls(folder)._digests()
+            except (OSError, ValueError) as exc:
+                refusals.append(f"pending baselines in {folder} could not be read ({exc}); "
+                                "they are left there")
+                safe = False
+                continue
             pending = BaselineStore(folder)
             for name in sorted(digests):
-                store.read_digests[name] = digests[name]
+                if name in written:  # two xdist workers of this session: the last one wins
+                    store.read_digests[name] = file_digest(store.json_path(name))
+                else:
+                    store.read_digests[name] = digests[name]
                 try:
                     store.save(pending.load_file(pending.json_path(name)))
                     written.append(name)
-                except BaselineError as exc:
+                except BaselineConflict as exc:  # kept aside in .modelreg-conflicts
                     refusals.append(str(exc))
-        return written, refusals
+                except Exception as exc:  # a disk or lock error: the result must not be lost
+                    refusals.append(f"baseline {name} could not be written "
+                                    f"({type(exc).__name__}: {exc}); the result is kept in "
+                                    f"{pending.json_path(name)}")
+                    safe = False
+        return written, refusals, safe
+
+
+def _bytes_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _vouched_sha(path: Path) -> str | None:
+    """The samples sha256 the JSON file at ``path`` vouches for (None: none, or unreadable)."""
+    try:
+        found = json.loads(path.read_bytes()).get("samples_sha256")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 def same_result(a: Baseline, b: Baseline) -> bool:

@@ -279,6 +279,14 @@ class BaselineWrites:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        try:
+            self._finish(session, exitstatus)
+        except Exception:  # a bug of ours: pytest's internal error, and the other hooks still run
+            session.config.notify_exception(pytest.ExceptionInfo.from_current(),
+                                            session.config.option)
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+
+    def _finish(self, session: pytest.Session, exitstatus: int) -> None:
         modelreg = session.config.stash.get(SESSION_KEY, None)
         if modelreg is not None:
             self.lines.extend(modelreg.not_updated_lines())
@@ -290,9 +298,12 @@ class BaselineWrites:
         from .baselines import BaselineStore
         from .session import write_pending_baselines
 
-        lines, refused = write_pending_baselines(
+        written, lines, refused = write_pending_baselines(
             self.root, BaselineStore(self.settings.baseline_dir),
             interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+        if written:
+            self.lines.insert(0, f"wrote {len(written)} baseline(s) to "
+                                 f"{self.settings.baseline_dir}: {', '.join(written)}")
         self.lines.extend(lines)
         self.refused = refused
         if refused and session.exitstatus == pytest.ExitCode.OK:
@@ -304,7 +315,7 @@ class BaselineWrites:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         for line in self.lines:
-            terminalreporter.write_line(f"modelreg: {line}", yellow=True)
+            terminalreporter.write_line(f"modelreg: {line}", yellow=not line.startswith("wrote "))
 
 
 @pytest.fixture
@@ -364,8 +375,11 @@ class ModelregController:
 
         # Masked wherever tracking writes: secret env variables and the session's model_args.
         secrets = known_secrets(os.environ, self.settings.model_args)
+        from .tracking import WAIT_BUDGET, WANDB_WAIT_BUDGET
+
+        budget = WANDB_WAIT_BUDGET if self.tracking.backend == "wandb" else WAIT_BUDGET
         return SessionTracker(record, self._make_tracker, self.tracking.spool_dir, self._warn,
-                              secrets=secrets)
+                              secrets=secrets, wait_budget=budget)
 
     def _make_tracker(self) -> Any:
         if self.tracking.backend == "wandb":
@@ -600,6 +614,10 @@ class ModelregController:
         window = self.settings.drift_window
         if not window or self.tracking.backend != "mlflow" or not self.collector.rows:
             return {}
+        if self.session_tracker is not None and self.session_tracker.failure is not None:
+            # The server already failed: asking it again would add minutes to the session.
+            self.drift_lines = ["the drift check was skipped: MLflow was not reachable"]
+            return {}
         from .drift import check_drift
         from .history import higher_is_better, metric_history
 
@@ -611,8 +629,12 @@ class ModelregController:
             found, plots = check_drift(self.collector.rows, history, window, self.artifact_dir,
                                        higher_is_better)
         except Exception as exc:  # the drift check never decides a test
-            self.drift_lines = [f"the drift check could not read the session history "
-                                f"({type(exc).__name__}: {str(exc).strip()[:200]})"]
+            from .redact import scrub
+
+            self.drift_lines = [scrub(f"the drift check could not read the session history "
+                                      f"({type(exc).__name__}: {str(exc).strip()[:200]})",
+                                      self.session_tracker.secrets if self.session_tracker
+                                      else ())]
             return {}
         self.drift_lines = [f"slow drift: {d.line()}" for d in found if d.drifted]
         return plots
@@ -641,11 +663,7 @@ class ModelregController:
         if rows:
             from .report import write_table
 
-            write_table(terminalreporter, rows)
-            recorded = sorted({r["task"] for r in rows if r["verdict"] == "recorded"})
-            if recorded:
-                terminalreporter.write_line(f"modelreg: recorded baselines for "
-                                            f"{', '.join(recorded)} in {self.settings.baseline_dir}")
+            write_table(terminalreporter, rows)  # which baselines were written: BaselineWrites
         self._summarise_correction(terminalreporter)
         for line in self.drift_lines:
             terminalreporter.write_line(f"modelreg: WARNING: {line}", yellow=True)

@@ -67,7 +67,7 @@ class ModelregSession:
         # was interrupted (see write_pending_baselines).
         self._staged: dict[str, Baseline] = {}
         self.pending_dir: Path | None = None  # set by the plugin; a temp folder otherwise
-        self._withheld: set[str] = set()  # the running test's inconclusive updates
+        self._withheld: set[str] = set()  # inconclusive updates: not written this session
         self.not_updated: list[tuple[str, str]] = []  # (baseline name, why)
         self.artifact_dir: Path | None = None  # set by the plugin when a tracker wants files
         self.planned_checks = 1  # baseline checks in the session, counted at collection
@@ -150,6 +150,8 @@ class ModelregSession:
 
     # -- baselines -------------------------------------------------------------------------
     def _should_record(self, name: str) -> bool:
+        if name in self._withheld:
+            return False
         return self.settings.update or (self.settings.record_missing and self.baseline(name) is None)
 
     def baseline(self, name: str) -> Baseline | None:
@@ -183,9 +185,7 @@ class ModelregSession:
         elif not completed:
             self.not_updated.extend((name, why) for name in self._staged)
             self.recorded.difference_update(self._staged)  # a later test may record it
-        self.recorded.difference_update(self._withheld)
         self._staged.clear()
-        self._withheld.clear()
 
     def _pending_dir(self) -> Path:
         if self.pending_dir is None:
@@ -266,6 +266,8 @@ class ModelregSession:
         name = result.spec.baseline_name
         self._staged.pop(name, None)
         self._withheld.add(name)
+        if self.pending_dir is not None:  # approved by an earlier test of this session
+            PendingBaselines(self.pending_dir).discard(name)
         self.not_updated.append((name, (
             f"{check.metric} differs from the old baseline by an inconclusive amount "
             f"({comparison.summary()}); evaluate more docs, or accept it anyway with: "
@@ -284,21 +286,22 @@ class ModelregSession:
 
 
 def write_pending_baselines(root: Path, store: BaselineStore, interrupted: bool
-                            ) -> tuple[list[str], bool]:
+                            ) -> tuple[list[str], list[str], bool]:
     """At the session's end: write the approved baselines of every process (none when the
-    session was interrupted). Returns the summary lines and whether a write was refused."""
+    session was interrupted). Returns the names written, the summary lines for the others,
+    and whether a write was refused. ``root`` is removed unless something is left in it."""
     import shutil
 
-    try:
-        if interrupted:
-            names = sorted({name for journal in root.glob(f"*/{PendingBaselines.JOURNAL}")
-                            for name in json.loads(journal.read_text())})
-            return ([f"{len(names)} baseline(s) not written because the session was "
-                     f"interrupted: {', '.join(names)}; nothing was changed"] if names else []), False
-        _written, refusals = PendingBaselines.commit_all(root, store)
-        return refusals, bool(refusals)
-    finally:
+    if interrupted:
+        names = sorted({name for journal in root.glob(f"*/{PendingBaselines.JOURNAL}")
+                        for name in json.loads(journal.read_text())})
         shutil.rmtree(root, ignore_errors=True)
+        return [], ([f"{len(names)} baseline(s) not written because the session was "
+                     f"interrupted: {', '.join(names)}; nothing was changed"] if names else []), False
+    written, refusals, safe = PendingBaselines.commit_all(root, store)
+    if safe:
+        shutil.rmtree(root, ignore_errors=True)
+    return written, refusals, bool(refusals)
 
 
 def baseline_from_result(result: EvalResult) -> Baseline:

@@ -171,6 +171,8 @@ def build_settings(
         if value not in (None, False, ""):
             return value, opt.flag, Path.cwd()
         value = ini(opt.name) if opt.ini else None
+        if opt.is_flag and value is False:
+            value = None  # a bool ini key reads False when unset: let the environment speak
         if value not in (None, "", []):
             return value, f"ini key {opt.name}", base_for_ini
         if opt.env in env and env[opt.env] != "":

@@ -10,10 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from pytest_modelreg.baselines import CONFLICT_DIR, BaselineConflict, BaselineStore
+from pytest_modelreg.baselines import (
+    CONFLICT_DIR,
+    BaselineConflict,
+    BaselineStore,
+    PendingBaselines,
+)
 from pytest_modelreg.errors import BaselineError
 from pytest_modelreg.session import write_pending_baselines
-from pytest_modelreg.spec import MetricCheck
+from pytest_modelreg.spec import MetricCheck, Tolerance
 from tests.conftest import TinyWorld, dedent
 from tests.test_baselines import sample_baseline
 
@@ -260,7 +265,7 @@ def test_update_keeps_the_old_baseline_when_the_change_is_inconclusive(tmp_path:
     assert verdict.verdict == "inconclusive" and not verdict.failed
     slightly.end_test(True)
     assert write_pending_baselines(slightly._pending_dir().parent, slightly.store,
-                                   False) == ([], False)
+                                   False) == ([], [], False)
     assert path.read_bytes() == before
     (line,) = slightly.not_updated_lines()
     assert line.startswith("baseline t was not updated: acc differs from the old baseline by an "
@@ -274,3 +279,54 @@ def test_update_keeps_the_old_baseline_when_the_change_is_inconclusive(tmp_path:
     clearly.end_test(True)
     write_pending_baselines(clearly._pending_dir().parent, clearly.store, False)
     assert BaselineStore(tmp_path).load("t").value("acc") == 0.8  # a real change is accepted
+
+
+def test_a_damaged_samples_file_is_replaced_by_the_next_write(tmp_path: Path):
+    store = BaselineStore(tmp_path)
+    store.save(sample_baseline())
+    (tmp_path / "piqa_local.samples.jsonl").write_bytes(b"\xff\xfe not utf-8 \x00")
+    with pytest.raises(BaselineError, match="does not match"):
+        BaselineStore(tmp_path).load("piqa_local")
+    BaselineStore(tmp_path).save(changed())  # what --modelreg-update does to repair it
+    assert BaselineStore(tmp_path).load("piqa_local").value("acc") == 0.75
+
+
+def test_an_unreadable_baseline_is_a_clear_error(tmp_path: Path):
+    (tmp_path / "piqa_local.json").mkdir()
+    with pytest.raises(BaselineError, match=r"piqa_local\.json cannot be read"):
+        BaselineStore(tmp_path).load("piqa_local")
+
+
+def test_a_write_that_fails_keeps_the_pending_result(tmp_path: Path):
+    pending = PendingBaselines(tmp_path / "pending" / "gw0")
+    pending.add(sample_baseline("read-digests"), None)  # a name like the journal's is fine
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the baseline folder should be")
+    written, lines, refused = write_pending_baselines(tmp_path / "pending",
+                                                      BaselineStore(blocked), False)
+    assert written == [] and refused
+    (line,) = lines
+    assert line.startswith("baseline read-digests could not be written (")
+    kept = Path(line.rsplit("the result is kept in ", 1)[1])
+    assert BaselineStore(kept.parent).load_file(kept).value("acc") == 0.5  # nothing lost
+    assert write_pending_baselines(tmp_path / "pending", BaselineStore(tmp_path / "ok"),
+                                   False)[0] == ["read-digests"]
+
+
+def test_an_inconclusive_test_withholds_a_baseline_another_test_approved(tmp_path: Path):
+    from tests.test_session import SPEC, record, session
+
+    recorder, _ = session(tmp_path, [1.0] * 200, update=True)
+    result, _ = recorder.evaluate(SPEC)
+    recorder.judge(result, MetricCheck("acc"), "hint")
+    record(recorder)
+    before = (tmp_path / "t.json").read_bytes()
+    both, _ = session(tmp_path, [0.0] * 2 + [1.0] * 198, update=True)
+    result, _ = both.evaluate(SPEC)
+    loose = MetricCheck("acc", tolerance=Tolerance(0.5))
+    assert both.judge(result, loose, "hint").verdict == "recorded"  # a pass: approved ...
+    both.end_test(True)
+    assert both.judge(result, MetricCheck("acc"), "hint").verdict == "inconclusive"  # ... until
+    both.end_test(True)
+    assert write_pending_baselines(both._pending_dir().parent, both.store, False)[0] == []
+    assert (tmp_path / "t.json").read_bytes() == before

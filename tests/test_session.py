@@ -44,7 +44,8 @@ def record(made: ModelregSession) -> None:
     """What the plugin does when the test ends cleanly and then the session."""
     made.end_test(True)
     assert made.pending_dir is not None
-    assert write_pending_baselines(made.pending_dir.parent, made.store, False) == ([], False)
+    assert write_pending_baselines(made.pending_dir.parent, made.store, False) == (
+        ["t"], [], False)
 
 
 def test_shared_evaluation_and_paired_verdicts(tmp_path: Path):

@@ -105,3 +105,10 @@ def test_scale_and_report_options_resolve(tmp_path):
     assert settings.cache_dir == tmp_path / "cache"
     assert settings.json_report == tmp_path / "out" / "r.json"
     assert settings.tracking.backend == "wandb"
+
+
+def test_a_flags_environment_variable_counts_when_its_ini_key_is_unset(tmp_path):
+    unset_bools = {"no_mlflow": False, "modelreg_update": False}  # what pytest's getini gives
+    assert make(ini=unset_bools, tmp=tmp_path).tracking.enabled
+    assert make(ini=unset_bools, env={"MODELREG_NO_MLFLOW": "1"}, tmp=tmp_path).tracking.enabled \
+        is False

@@ -28,6 +28,8 @@ KEY_LIMIT = 250  # MLflow's longest param, tag or metric key
 # The longest the session end waits for the tracker. With the HTTP defaults of
 # mlflow_tracker (10 s per request, one retry) a server that never answers costs ~20 s.
 WAIT_BUDGET = 30.0
+# W&B bounds its own start (30 s) and final upload (120 s): the session waits for those.
+WANDB_WAIT_BUDGET = 150.0
 
 
 @dataclass
@@ -338,7 +340,7 @@ class SessionTracker:
                             for name, path in record.artifacts.items()}
         if record.tracking_uri:  # sync logs in from MLFLOW_TRACKING_USERNAME/PASSWORD instead
             record.tracking_uri = redact_url(record.tracking_uri, "")
-        atomic_write(self.spool_file, scrub(record.to_json(), self.secrets, pairs=False))
+        atomic_write(self.spool_file, scrub(record.to_json(), self.secrets))  # pairs too
         self.spool_path = self.spool_file
         return self.spool_file
 
