@@ -272,6 +272,7 @@ class BaselineWrites:
         self.worker = worker
         self.lines: list[str] = []
         self.refused = False
+        self.modelreg_tests: set[str] = set()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -308,6 +309,16 @@ class BaselineWrites:
         self.refused = refused
         if refused and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED  # an update was refused
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """A crashed worker sends no lines: say here that its test's baselines stay as they were."""
+        if self.worker or not (self.settings.update or self.settings.record_missing):
+            return
+        if any(name == TEST_PROPERTY for name, _ in report.user_properties):
+            self.modelreg_tests.add(report.nodeid)
+        elif report.when == "???" and report.nodeid in self.modelreg_tests:
+            self.lines.append(f"nothing {report.nodeid} recorded was written: its xdist worker "
+                              "crashed")
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:

@@ -243,6 +243,9 @@ def test_update_skips_a_test_whose_worker_crashed(project: pytest.Pytester, tiny
     """))
     result = run(project, "-n", "1", "--modelreg-update")
     result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["modelreg: wrote 1 baseline(s) to *baselines: tiny_qa",
+                                 "modelreg: nothing *::test_crash recorded was written: its xdist "
+                                 "worker crashed"])
     assert (project.path / "baselines" / "tiny_qa.json").exists()
     assert not (project.path / "baselines" / "tiny_qa2.json").exists()
 
