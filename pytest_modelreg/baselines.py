@@ -312,6 +312,12 @@ class PendingBaselines:
             atomic_write(self.folder / self.JOURNAL, json.dumps(digests, sort_keys=True))
 
     @classmethod
+    def names_under(cls, root: Path) -> list[str]:
+        """The baselines waiting under ``root``, of every process."""
+        return sorted({name for journal in root.glob(f"*/{cls.JOURNAL}")
+                       for name in cls(journal.parent)._digests()})
+
+    @classmethod
     def commit_all(cls, root: Path, store: BaselineStore
                    ) -> tuple[list[str], list[str], bool]:
         """Write every pending baseline under ``root`` into ``store``.

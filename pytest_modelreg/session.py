@@ -5,8 +5,6 @@ One instance lives in ``config.stash``; it never sees pytest objects, so it is t
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -166,10 +164,7 @@ class ModelregSession:
         return self._baselines[name]
 
     def _record(self, result: EvalResult) -> None:
-        bad = [m for m, v in result.metrics.items() if not math.isfinite(v)]
-        if bad:
-            raise ModelregError(f"{result.task}: {', '.join(bad)} is not finite; the baseline was "
-                                "not recorded")
+        """Stage ``result`` as its baseline (judge has refused non-finite values already)."""
         name = result.spec.baseline_name
         self.baseline(name)  # keep the old values for the deltas shown in this session
         self._staged[name] = baseline_from_result(result)
@@ -293,8 +288,7 @@ def write_pending_baselines(root: Path, store: BaselineStore, interrupted: bool
     import shutil
 
     if interrupted:
-        names = sorted({name for journal in root.glob(f"*/{PendingBaselines.JOURNAL}")
-                        for name in json.loads(journal.read_text())})
+        names = PendingBaselines.names_under(root)
         shutil.rmtree(root, ignore_errors=True)
         return [], ([f"{len(names)} baseline(s) not written because the session was "
                      f"interrupted: {', '.join(names)}; nothing was changed"] if names else []), False

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.mlflow_server import MlflowServer
 from tests.tiny import SLIGHT_NOISE, STRONG_NOISE, build_tiny_model, degrade_model, write_tiny_task
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -72,6 +74,14 @@ def heavy_imports(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> 
     session = SessionRecord(session_id="warmup", started_at=0.0, status="FINISHED")
     tracker.start(session)
     tracker.finish(session)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real ``mlflow server`` for the tests of one module."""
+    running = MlflowServer(tmp_path_factory.mktemp("server")).start()
+    yield running
+    running.stop()
 
 
 @pytest.fixture

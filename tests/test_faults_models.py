@@ -22,7 +22,8 @@ from pytest_modelreg.models import (
 )
 from pytest_modelreg.runner.lm_eval_runner import LmEvalRunner
 from pytest_modelreg.spec import EvalSpec
-from tests.conftest import TinyWorld, dedent
+from tests.conftest import TinyWorld
+from tests.test_bad_input import marked, run
 
 CONFIGURATION = '''\
 from transformers import GPT2Config
@@ -44,22 +45,6 @@ Path({sentinel!r}).write_text("imported")  # proves the custom code ran (or did 
 class TinyForCausalLM(GPT2LMHeadModel):
     config_class = TinyConfig
 '''
-
-
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest("-p", "no:cacheprovider",
-                              "-W", "ignore::pytest.PytestAssertRewriteWarning", *args)
-
-
-def marked(**kwargs: object) -> str:
-    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    return dedent(f"""
-        import pytest
-
-        @pytest.mark.modelreg({args})
-        def test_it():
-            pass
-    """)
 
 
 def one_line(result: pytest.RunResult, pattern: str) -> None:

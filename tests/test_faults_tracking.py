@@ -215,13 +215,6 @@ def test_strict_http_errors_are_usage_errors_with_the_fix(
     assert not leaks(result.stdout.str() + result.stderr.str(), secrets)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    running = MlflowServer(tmp_path_factory.mktemp("server")).start()
-    yield running
-    running.stop()
-
-
 def test_secrets_never_reach_mlflow_or_the_output(project: pytest.Pytester, tiny: TinyWorld,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   server: MlflowServer, tmp_path: Path):

@@ -165,13 +165,6 @@ def test_ctrl_c_ends_the_run_killed(project: pytest.Pytester, tiny: TinyWorld, t
     assert all(r.info.status != "RUNNING" for r in (parent, *children))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    running = MlflowServer(tmp_path_factory.mktemp("server")).start()
-    yield running
-    running.stop()
-
-
 def test_remote_server_prints_the_run_url(project: pytest.Pytester, tiny: TinyWorld,
                                           server: MlflowServer):
     track(project, tiny, server.uri)
