@@ -496,7 +496,7 @@ class ModelregController:
         with self._internal_errors():
             self.collector.flush()
         with self._internal_errors():
-            self._write_manifest(exitstatus)
+            self._write_manifest(int(session.exitstatus))  # after a refused baseline write: 1
         tracker = self.session_tracker if self.session_tracker is not None \
             and self.session_tracker.session.tests else None
         artifacts: dict[str, str] = {}
@@ -604,6 +604,8 @@ class ModelregController:
         """End the run whatever fails on the way; after an error of ours it ends FAILED."""
         record = tracker.session
         record.artifacts.update(artifacts)
+        # The report artifact is written before the run ends: give it the status it ends with.
+        record.status = run_status(session.exitstatus, record.tests)
         with self._internal_errors():
             record.artifacts.update(self._write_reports(record))
         with self._internal_errors():

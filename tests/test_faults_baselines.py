@@ -89,8 +89,12 @@ def test_two_pytest_processes_updating_one_baseline(project: pytest.Pytester, ti
             assert done.returncode == 0, done.stdout[-2000:]
     """))
     before = json.loads(baseline.read_text())["metrics"]["acc"]["value"]
-    result = run(project, "test_first.py", "--modelreg-update")  # the good model, unchanged
+    state = project.path / "state"  # where the session manifest goes
+    result = run(project, "test_first.py", "--modelreg-update",  # the good model, unchanged
+                 f"--modelreg-cache-dir={state}")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
+    # The manifest says how the session ended: 1, not the 0 it had before the refused write.
+    assert json.loads((state / "last-session.json").read_text())["exitstatus"] == 1
     result.stdout.fnmatch_lines([f"modelreg: baseline {baseline} was changed by another process "
                                  "after this session read it; this session's result is kept in "
                                  f"{project.path / 'baselines' / CONFLICT_DIR}/*/tiny_qa.json *"])

@@ -98,6 +98,7 @@ def test_session_run_children_tags_params_metrics_artifacts(project: pytest.Pyte
     assert names == ["evaluations/tiny_qa/results.json", "evaluations/tiny_qa/samples.jsonl"]
     parent_files = Path(client(uri).download_artifacts(parent.info.run_id, "", str(tmp_path / "p")))
     assert {p.name for p in parent_files.iterdir()} == {"modelreg-report.json", "modelreg-report.md"}
+    assert json.loads((parent_files / "modelreg-report.json").read_text())["status"] == "FAILED"
     everything = [*artifacts.rglob("*"), *parent_files.rglob("*")]
     for run in (parent, *children):
         assert SECRET not in json.dumps([run.data.params, run.data.tags])
