@@ -85,6 +85,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
 
 
 @pytest.fixture
+def fresh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real ``mlflow server`` with an empty database, for a test that counts every run in it
+    or kills and restarts the server."""
+    running = MlflowServer(tmp_path_factory.mktemp("fresh-server")).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
 def project(pytester: pytest.Pytester, tiny: TinyWorld, heavy_imports: None,
             monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """A pytester project whose ini points the plugin at the tiny model and tasks."""

@@ -30,6 +30,7 @@ from pytest_modelreg.stats import (
 )
 from pytest_modelreg.verdict import INCOMPARABLE, INVALID, Verdict
 from tests.conftest import TinyWorld, dedent
+from tests.test_bad_input import failure_section
 
 SPEC = EvalSpec(task="t", model="hf", model_args="", baseline_name="t")
 HINT = "pytest --modelreg-update x"
@@ -291,10 +292,6 @@ NAN_TESTS = dedent("""
 """)
 
 
-def failure_lines(output: str, start: str) -> int:
-    return sum(line.startswith(start) for line in output.splitlines())
-
-
 def test_a_user_evaluator_producing_nan_fails_and_records_nothing(project: pytest.Pytester):
     project.makepyfile(test_nan=NAN_TESTS)
     for flags in ((), ("--modelreg-update",), ("--modelreg-record-missing",)):
@@ -306,14 +303,15 @@ def test_a_user_evaluator_producing_nan_fails_and_records_nothing(project: pytes
         assert report["rows"] == [] or all(r["current"] is None for r in report["rows"])
         out = run.stdout.str()
         assert run.ret == 1
-        # Count the failure sections' lines only: the short summary repeats the message in
-        # full where pytest sees a CI (the `CI` variable) and cuts it elsewhere.
+        # Count in the failure sections only: the short summary repeats the message in full
+        # where pytest sees a CI (the `CI` variable) and cuts it elsewhere.
+        failures = failure_section(out)
         if flags:
-            assert failure_lines(out, "modelreg: nan_task: acc is nan, not a valid number; the "
-                                 "baseline was not recorded") == 2, out
+            assert failures.count("modelreg: nan_task: acc is nan, not a valid number; the "
+                                  "baseline was not recorded") == 2, out
         else:
-            assert failure_lines(out, "modelreg: nan_task: acc is nan; a NaN or infinite metric "
-                                 "is never a pass") == 3, out
+            assert failures.count("modelreg: nan_task: acc is nan; a NaN or infinite metric is "
+                                  "never a pass") == 3, out
         assert "Traceback" not in out
         assert not (project.path / "baselines" / "nan_task.json").exists()
 

@@ -156,13 +156,7 @@ def run_soak(pytester: pytest.Pytester, tiny: TinyWorld, uri: str, n_tests: int)
 
 
 def test_soak_memory_flat_and_every_result_once(project: pytest.Pytester, tiny: TinyWorld,
-                                                tmp_path: Path):
-    server = MlflowServer(tmp_path / "server")
-    (tmp_path / "server").mkdir()
-    server.start()
-    try:
-        figures = run_soak(project, tiny, server.uri, N_TESTS)
-    finally:
-        server.stop()
+                                                fresh_server: MlflowServer):
+    figures = run_soak(project, tiny, fresh_server.uri, N_TESTS)
     print("\n".join(figures.lines()))
     assert not figures.too_much(), figures.lines()

@@ -208,50 +208,46 @@ def test_strict_tracking_fails_before_any_model_loads(project: pytest.Pytester, 
 
 
 def test_server_dies_mid_session_then_sync_replays_once(project: pytest.Pytester, tiny: TinyWorld,
-                                                        tmp_path: Path):
-    server = MlflowServer(tmp_path / "srv")
-    (tmp_path / "srv").mkdir()
-    server.start()
-    try:
-        track(project, tiny, server.uri)
-        project.makepyfile(test_suite=dedent(f"""
-            import os, signal
-            import pytest
+                                                        tmp_path: Path, fresh_server: MlflowServer):
+    server = fresh_server
+    track(project, tiny, server.uri)
+    project.makepyfile(test_suite=dedent(f"""
+        import os, signal
+        import pytest
 
-            @pytest.mark.modelreg(task="tiny_qa", metrics=["acc"])
-            def test_1(): pass
+        @pytest.mark.modelreg(task="tiny_qa", metrics=["acc"])
+        def test_1(): pass
 
-            @pytest.mark.modelreg(task="tiny_qa2", metrics=["acc"])
-            def test_2():
-                os.killpg({server.process.pid}, signal.SIGKILL)  # the server dies here
+        @pytest.mark.modelreg(task="tiny_qa2", metrics=["acc"])
+        def test_2():
+            os.killpg({server.process.pid}, signal.SIGKILL)  # the server dies here
 
-            @pytest.mark.modelreg(task="tiny_qa", metrics=["acc_norm"])
-            def test_3(): pass
-        """))
-        result = project.runpytest("-p", "no:cacheprovider", "--modelreg-update")
-        result.assert_outcomes(passed=3)
-        result.stdout.fnmatch_lines(["*the session is spooled in *replay it with: pytest-modelreg sync"])
-        server.process.wait(timeout=30)
-        server.start()  # the same port and database, as after a restart
-        spool = project.path / ".modelreg-spool"
-        backup = tmp_path / "spool-copy"
-        shutil.copytree(spool, backup)
-        sync = [sys.executable, "-m", "pytest_modelreg", "sync", "--spool-dir", str(spool)]
-        done = subprocess.run(sync, capture_output=True, text=True, env=os.environ.copy())
-        assert done.returncode == 0, done.stderr
-        assert not list(spool.glob("*/session.json"))
-        shutil.copytree(backup, spool, dirs_exist_ok=True)  # replay the same spool again
-        assert subprocess.run(sync, capture_output=True, text=True).returncode == 0
-        parent, children = split(runs(server.uri))
-        assert sorted(c.info.run_name for c in children) == [f"test_suite.py::test_{i}"
-                                                             for i in (1, 2, 3)]
-        assert parent.info.status == "FINISHED"
-        history = client(server.uri).get_metric_history
-        for child in children:
-            for key in child.data.metrics:
-                assert len(history(child.info.run_id, key)) == 1, (child.info.run_name, key)
-    finally:
-        server.stop()
+        @pytest.mark.modelreg(task="tiny_qa", metrics=["acc_norm"])
+        def test_3(): pass
+    """))
+    result = project.runpytest("-p", "no:cacheprovider", "--modelreg-update")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*the session is spooled in *replay it with: pytest-modelreg sync"])
+    server.process.wait(timeout=30)
+    server.start()  # the same port and database, as after a restart
+    spool = project.path / ".modelreg-spool"
+    backup = tmp_path / "spool-copy"
+    shutil.copytree(spool, backup)
+    sync = [sys.executable, "-m", "pytest_modelreg", "sync", "--spool-dir", str(spool)]
+    done = subprocess.run(sync, capture_output=True, text=True, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    assert not list(spool.glob("*/session.json"))
+    shutil.copytree(backup, spool, dirs_exist_ok=True)  # replay the same spool again
+    assert subprocess.run(sync, capture_output=True, text=True).returncode == 0
+    parent, children = split(runs(server.uri))
+    assert sorted(c.info.run_name for c in children) == [f"test_suite.py::test_{i}"
+                                                         for i in (1, 2, 3)]
+    assert parent.info.status == "FINISHED"
+    history = client(server.uri).get_metric_history
+    for child in children:
+        for key in child.data.metrics:
+            assert len(history(child.info.run_id, key)) == 1, (child.info.run_name, key)
+
 
 
 def test_nests_under_an_existing_run(project: pytest.Pytester, tiny: TinyWorld, tmp_path: Path):
